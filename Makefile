@@ -1,0 +1,30 @@
+# One command sets up and runs the demo, one sets up and runs the tests. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint bench clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/sim2real demo --out runs/demo
+
+lint: setup
+	$(BIN)/ruff check sim2real tests benchmarks
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python benchmarks/sim_throughput.py --out benchmarks/results/sim_throughput.json
+	$(BIN)/python benchmarks/physics_parity.py --out benchmarks/results/physics_parity.json
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,167 @@
+"""What every drone physics backend offers: state arrays, state writes, one physics step.
+
+State is kept as arrays with leading shape ``[num_envs, num_drones]``: ``pos`` [m], ``quat`` (xyzw),
+``vel`` (world, m/s), ``ang_vel_body`` (rad/s), ``rpm`` (actual motor speeds, RPM). Backends are made
+through :func:`make_backend`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim2real.envs.drones.forces import motor_lag_step, parse_effects
+from sim2real.envs.drones.models import DroneModel, get_model
+from sim2real.envs.drones.params import DroneParams
+from sim2real.envs.drones.rotations import quat_to_matrix
+
+BACKENDS = ("pybullet", "batched")
+
+
+@dataclass
+class Contacts:
+    """Contacts seen during one physics step, each ``[E, N]``.
+
+    ``ground``: touching the ground; ``drones``: touching another drone; ``impact_speed``: speed [m/s] the
+    drone had just before a ground contact of this step (0 without contact).
+    """
+
+    ground: np.ndarray
+    drones: np.ndarray
+    impact_speed: np.ndarray
+
+
+class DroneBackend(ABC):
+    """Base class of the physics backends (``pybullet`` and ``batched``).
+
+    Args:
+        model: drone type (name or :class:`DroneModel`).
+        num_envs, num_drones: batch shape.
+        pyb_freq: physics rate [Hz].
+        effects: any of ``"ground"``, ``"drag"``, ``"downwash"``.
+        damping: PyBullet's multibody damping coefficient d for both linear and angular motion
+            (F = -m v (d + d|v|), tau = -J w (d + d|w|)); 0 disables it, 0.04 is PyBullet's default
+            and reproduces the anchor's PYB modes.
+        motor_lag: apply first-order motor dynamics with time constants ``params.motor_tau``.
+    """
+
+    name = "base"
+
+    def __init__(
+        self,
+        model: str | DroneModel,
+        num_envs: int,
+        num_drones: int,
+        *,
+        pyb_freq: int = 240,
+        effects: Iterable[str] | str | None = (),
+        damping: float = 0.0,
+        motor_lag: bool = False,
+    ) -> None:
+        if num_envs < 1 or num_drones < 1:
+            raise ValueError(f"num_envs and num_drones must be >= 1, got {num_envs} and {num_drones}")
+        if pyb_freq < 1:
+            raise ValueError(f"pyb_freq must be a positive rate in Hz, got {pyb_freq}")
+        if damping < 0:
+            raise ValueError(f"damping must be >= 0, got {damping}")
+        self.model = get_model(model)
+        self.num_envs = int(num_envs)
+        self.num_drones = int(num_drones)
+        self.pyb_freq = int(pyb_freq)
+        self.dt = 1.0 / self.pyb_freq
+        self.effects = parse_effects(effects)
+        self.damping = float(damping)
+        self.motor_lag = bool(motor_lag)
+        self.params = DroneParams.from_model(self.model, self.num_envs, self.num_drones)
+        shape = (self.num_envs, self.num_drones)
+        # Until the first set_state the drones wait in a line, 0.2 m apart at 1 m height.
+        self.pos = np.zeros((*shape, 3))
+        self.pos[..., 0] = 0.2 * np.arange(self.num_drones)
+        self.pos[..., 2] = 1.0
+        self.quat = np.zeros((*shape, 4))
+        self.quat[..., 3] = 1.0
+        self.vel = np.zeros((*shape, 3))
+        self.ang_vel_body = np.zeros((*shape, 3))
+        self.rpm = np.zeros((*shape, 4))
+
+    # ----------------------------------------------------------------- derived state
+    @property
+    def rot(self) -> np.ndarray:
+        """Body-to-world rotation matrices ``[E, N, 3, 3]``."""
+        return quat_to_matrix(self.quat)
+
+    @property
+    def ang_vel_world(self) -> np.ndarray:
+        """World-frame angular velocity ``[E, N, 3]`` [rad/s]."""
+        return np.einsum("enij,enj->eni", self.rot, self.ang_vel_body)
+
+    # ----------------------------------------------------------------- interface
+    def set_state(
+        self,
+        env_ids: np.ndarray | None,
+        pos: np.ndarray,
+        quat: np.ndarray,
+        vel: np.ndarray | None = None,
+        ang_vel_body: np.ndarray | None = None,
+        rpm: np.ndarray | None = None,
+    ) -> None:
+        """Write the state of the envs ``env_ids`` (all when None); arrays are ``[len(env_ids), N, ...]``.
+
+        Velocities default to zero and motor speeds to zero (motor lag starts from rest).
+        """
+        ids = np.arange(self.num_envs) if env_ids is None else np.asarray(env_ids)
+        k = len(ids)
+        self.pos[ids] = pos
+        q = np.asarray(quat, dtype=np.float64)
+        self.quat[ids] = q / np.linalg.norm(q, axis=-1, keepdims=True)
+        self.vel[ids] = 0.0 if vel is None else vel
+        self.ang_vel_body[ids] = 0.0 if ang_vel_body is None else ang_vel_body
+        self.rpm[ids] = np.zeros((k, self.num_drones, 4)) if rpm is None else rpm
+        self._write_state(ids)
+
+    def step(self, rpm_cmd: np.ndarray) -> Contacts:
+        """Advance every env by one physics step of ``1/pyb_freq`` s with commanded RPM ``[E, N, 4]``."""
+        rpm_cmd = np.asarray(rpm_cmd, dtype=np.float64)
+        if rpm_cmd.shape != (self.num_envs, self.num_drones, 4):
+            raise ValueError(f"rpm_cmd must have shape {(self.num_envs, self.num_drones, 4)}, got {rpm_cmd.shape}")
+        if self.motor_lag:
+            self.rpm = motor_lag_step(self.rpm, rpm_cmd, self.params.motor_tau, self.dt)
+        else:
+            self.rpm = rpm_cmd.copy()
+        return self._physics_step()
+
+    def apply_params(self) -> None:  # noqa: B027 - optional hook
+        """Push changed ``params`` into the engine (needed only where the engine keeps its own copy)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release engine resources."""
+
+    @abstractmethod
+    def _write_state(self, env_ids: np.ndarray) -> None:
+        """Copy the state arrays of ``env_ids`` into the engine."""
+
+    @abstractmethod
+    def _physics_step(self) -> Contacts:
+        """One physics step with ``self.rpm``; updates the state arrays."""
+
+    def __enter__(self) -> DroneBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_backend(backend: str, model: str | DroneModel, num_envs: int, num_drones: int, **kwargs) -> DroneBackend:
+    """Build a physics backend by name: ``"pybullet"`` or ``"batched"``."""
+    if backend == "pybullet":
+        from sim2real.envs.drones.pybullet_backend import PyBulletBackend
+
+        return PyBulletBackend(model, num_envs, num_drones, **kwargs)
+    if backend == "batched":
+        from sim2real.envs.drones.batched_backend import BatchedBackend
+
+        return BatchedBackend(model, num_envs, num_drones, **kwargs)
+    raise ValueError(f"unknown backend {backend!r}: choose one of {list(BACKENDS)}")

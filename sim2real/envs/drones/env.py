@@ -1,0 +1,351 @@
+"""The batched multi-agent drone-swarm env: arrays shaped ``[num_envs, num_agents, ...]``.
+
+One :meth:`DroneSwarmEnv.step` is one control period (``1 / ctrl_freq`` s) made of
+``pyb_freq / ctrl_freq`` physics steps with the action held. Finished envs reset automatically; their
+final observations are returned in ``info["final_obs"]``. Observation layout, action mapping, reward terms
+and termination rules are documented in ``docs/drone-envs.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+from sim2real.envs.drones.backend import make_backend
+from sim2real.envs.drones.control import PIDController
+from sim2real.envs.drones.models import DroneModel
+from sim2real.envs.drones.rotations import quat_to_matrix, rpy_to_quat, tilt_angle
+from sim2real.envs.drones.tasks import TASK_CLASSES
+
+ACTION_TYPES = ("vel", "rpm")
+
+
+@dataclass(frozen=True)
+class ObsField:
+    """One named slice of the per-agent observation vector."""
+
+    name: str
+    start: int
+    size: int
+    unit: str
+    description: str
+
+    @property
+    def slice(self) -> slice:
+        return slice(self.start, self.start + self.size)
+
+
+@dataclass(frozen=True)
+class RewardWeights:
+    """Per-agent reward terms (see ``docs/drone-envs.md``).
+
+    ``proximity * (1 - tanh(d / proximity_scale)) - smoothness |a_t - a_{t-1}|^2 - spin |w| - crash`` on the
+    step an agent crashes, collides or leaves the arena.
+    """
+
+    proximity: float = 1.0
+    proximity_scale: float = 0.5
+    smoothness: float = 0.01
+    spin: float = 0.005
+    crash: float = 10.0
+
+
+class DroneSwarmEnv:
+    """Batched multi-agent drone swarm.
+
+    Args:
+        task: ``"hover"``, ``"formation"`` or ``"navigation"``.
+        num_envs: independent envs stepped together.
+        num_drones: agents per env.
+        backend: ``"batched"`` (numpy, fast) or ``"pybullet"`` (high fidelity).
+        model: ``"cf2x"`` or ``"cf2p"``.
+        action_type: ``"vel"`` (velocity setpoint through the PID, [-1, 1]^3 scaled by ``max_speed``) or
+            ``"rpm"`` ([-1, 1]^4, ``rpm = hover_rpm (1 + rpm_range a)``).
+        effects: aerodynamic effects (``"ground"``, ``"drag"``, ``"downwash"``).
+        damping: PyBullet damping coefficient (0 by default).
+        motor_lag: first-order motor dynamics.
+        pyb_freq, ctrl_freq: physics and control rates [Hz]; ``pyb_freq`` must be a multiple of ``ctrl_freq``.
+        episode_len_s: time limit [s] (truncation).
+        num_neighbors: k nearest neighbours in the observation (at most ``num_drones - 1``).
+        max_speed: velocity-command scale [m/s] for ``action_type="vel"``.
+        rpm_range: RPM fraction around hover for ``action_type="rpm"``.
+        crash_speed, crash_tilt: a ground contact is a crash above this speed [m/s] or tilt [rad].
+        auto_reset: reset finished envs inside :meth:`step` (the PettingZoo adapter turns it off).
+        seed: seed of the env's random generator.
+        task_kwargs: passed to the task class.
+    """
+
+    def __init__(
+        self,
+        task: str = "hover",
+        *,
+        num_envs: int = 1,
+        num_drones: int = 4,
+        backend: str = "batched",
+        model: str | DroneModel = "cf2x",
+        action_type: str = "vel",
+        effects: Iterable[str] | str | None = (),
+        damping: float = 0.0,
+        motor_lag: bool = False,
+        pyb_freq: int = 240,
+        ctrl_freq: int = 30,
+        episode_len_s: float = 8.0,
+        num_neighbors: int = 3,
+        max_speed: float = 1.0,
+        rpm_range: float = 0.25,
+        crash_speed: float = 1.0,
+        crash_tilt: float = 1.0,
+        reward: RewardWeights | None = None,
+        auto_reset: bool = True,
+        seed: int | None = None,
+        **task_kwargs,
+    ) -> None:
+        if task not in TASK_CLASSES:
+            raise ValueError(f"unknown task {task!r}: choose one of {sorted(TASK_CLASSES)}")
+        if action_type not in ACTION_TYPES:
+            raise ValueError(f"unknown action_type {action_type!r}: choose one of {list(ACTION_TYPES)}")
+        if ctrl_freq < 1 or pyb_freq % ctrl_freq != 0:
+            raise ValueError(
+                f"pyb_freq ({pyb_freq} Hz) must be a positive multiple of ctrl_freq ({ctrl_freq} Hz), e.g. 240 and 30"
+            )
+        if episode_len_s <= 0 or max_speed <= 0 or not 0 < rpm_range <= 1 or num_neighbors < 0:
+            raise ValueError(
+                "need episode_len_s > 0, max_speed > 0, 0 < rpm_range <= 1 and num_neighbors >= 0, got "
+                f"{episode_len_s}, {max_speed}, {rpm_range}, {num_neighbors}"
+            )
+        self.task_name = task
+        self.num_envs = int(num_envs)
+        self.num_agents = int(num_drones)
+        self.action_type = action_type
+        self.ctrl_freq = int(ctrl_freq)
+        self.substeps = int(pyb_freq) // self.ctrl_freq
+        self.max_steps = round(episode_len_s * self.ctrl_freq)
+        self.num_neighbors = min(int(num_neighbors), self.num_agents - 1)
+        self.max_speed = float(max_speed)
+        self.rpm_range = float(rpm_range)
+        self.crash_speed = float(crash_speed)
+        self.crash_tilt = float(crash_tilt)
+        self.reward_weights = reward or RewardWeights()
+        self.auto_reset = auto_reset
+        self.sim = make_backend(
+            backend,
+            model,
+            self.num_envs,
+            self.num_agents,
+            pyb_freq=pyb_freq,
+            effects=effects,
+            damping=damping,
+            motor_lag=motor_lag,
+        )
+        self.backend = backend
+        self.model = self.sim.model
+        half_h = 0.5 * self.model.collision_height
+        self.task = TASK_CLASSES[task](self.num_agents, self.num_envs, min_spawn_height=half_h, **task_kwargs)
+        self.arena_xy = self.task.half_width + 1.0
+        self.arena_z = max(3.0, self.task.target_height[1] + 1.0)
+        self.pid = PIDController(self.model, self.num_envs, self.num_agents, self.sim.dt)
+
+        self.act_dim = 3 if action_type == "vel" else 4
+        self.obs_layout = self._build_layout()
+        self.obs_dim = self.obs_layout[-1].start + self.obs_layout[-1].size
+        self._field_slices = {f.name: f.slice for f in self.obs_layout}
+        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (self.obs_dim,), np.float32)
+        self.single_action_space = gym.spaces.Box(-1.0, 1.0, (self.act_dim,), np.float32)
+        shape = (self.num_envs, self.num_agents)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (*shape, self.obs_dim), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (*shape, self.act_dim), np.float32)
+
+        self.rng = np.random.default_rng(seed)
+        self.steps = np.zeros(self.num_envs, dtype=np.int64)
+        self.active = np.ones(shape, dtype=bool)
+        self.last_action = np.zeros((*shape, self.act_dim), dtype=np.float32)
+        self.episode_return = np.zeros(shape)
+        self.episode_collisions = np.zeros(shape, dtype=np.int64)
+        self._needs_reset = True
+
+    # ----------------------------------------------------------------- layout
+    def _build_layout(self) -> list[ObsField]:
+        k = self.num_neighbors
+        spec = [
+            ("rel_target", 3, "m", "target position minus own position (world frame)"),
+            ("target_vel", 3, "m/s", "target velocity (world frame)"),
+            ("altitude", 1, "m", "height of the centre of mass above the ground"),
+            ("vel", 3, "m/s", "own velocity (world frame)"),
+            ("rot", 9, "-", "body-to-world rotation matrix, row-major"),
+            ("ang_vel", 3, "rad/s", "body rates (body frame)"),
+            ("last_action", self.act_dim, "-", "previous action in [-1, 1]"),
+            ("nbr_rel_pos", 3 * k, "m", f"{k} nearest drones' positions minus own, nearest first"),
+            ("nbr_rel_vel", 3 * k, "m/s", f"{k} nearest drones' velocities minus own, same order"),
+        ]
+        spec += [(name, size, unit, "task field") for name, size, unit in self.task.extra_fields]
+        layout, start = [], 0
+        for name, size, unit, desc in spec:
+            layout.append(ObsField(name, start, size, unit, desc))
+            start += size
+        return layout
+
+    def obs_field(self, name: str) -> slice:
+        """Slice of the named observation field."""
+        if name not in self._field_slices:
+            raise KeyError(f"no observation field {name!r}; fields: {list(self._field_slices)}")
+        return self._field_slices[name]
+
+    # ----------------------------------------------------------------- reset
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
+        """Reset every env; returns observations ``[E, N, obs_dim]`` (float32) and info."""
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        self._reset_envs(np.arange(self.num_envs))
+        self._needs_reset = False
+        obs, target_pos = self._observe()
+        return obs, {"active": self.active.copy(), **self.task.metrics(self.sim.pos, target_pos, self.active)}
+
+    def _reset_envs(self, env_ids: np.ndarray) -> None:
+        """Write fresh spawn states and targets into ``env_ids`` (no URDF reload)."""
+        pos, yaw = self.task.sample_spawn(self.rng, len(env_ids))
+        rpy = np.zeros((*yaw.shape, 3))
+        rpy[..., 2] = yaw
+        hover = np.full((len(env_ids), self.num_agents, 4), self.model.hover_rpm)
+        self.sim.set_state(env_ids, pos, rpy_to_quat(rpy), rpm=hover)
+        self.task.reset(self.rng, env_ids)
+        self.pid.reset(env_ids)
+        self.steps[env_ids] = 0
+        self.active[env_ids] = True
+        self.last_action[env_ids] = 0.0
+        self.episode_return[env_ids] = 0.0
+        self.episode_collisions[env_ids] = 0
+
+    # ----------------------------------------------------------------- step
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        """Apply ``actions [E, N, act_dim]`` in [-1, 1] (clipped) for one control period.
+
+        Returns observations ``[E, N, obs_dim]`` float32, rewards ``[E, N]`` float32, terminated and truncated
+        ``[E, N]`` bool, and info with ``active`` (agents still flying at the start of the step),
+        ``pos_error``, ``collision``, ``crash``, ``out_of_arena`` and ``done_env``; for finished envs
+        ``final_obs``, ``episode_return`` and ``episode_length``.
+        """
+        if self._needs_reset:
+            raise RuntimeError("call reset() before step()")
+        actions = np.asarray(actions, dtype=np.float32)
+        expected = (self.num_envs, self.num_agents, self.act_dim)
+        if actions.shape != expected:
+            raise ValueError(f"actions must have shape {expected} (num_envs, num_agents, act_dim), got {actions.shape}")
+        if not np.all(np.isfinite(actions)):
+            raise ValueError("actions contain NaN or inf")
+        actions = np.clip(actions, -1.0, 1.0)
+        active = self.active.copy()
+
+        ground = np.zeros(active.shape, dtype=bool)
+        hit_drone = np.zeros(active.shape, dtype=bool)
+        impact = np.zeros(active.shape)
+        if self.action_type == "vel":
+            v_cmd = actions.astype(np.float64) * self.max_speed
+            carrot = self.sim.pos.copy()
+        else:
+            rpm_cmd = self.model.hover_rpm * (1.0 + self.rpm_range * actions.astype(np.float64))
+            rpm_cmd = np.where(active[..., None], np.clip(rpm_cmd, 0.0, self.model.max_rpm), 0.0)
+        for _ in range(self.substeps):
+            if self.action_type == "vel":
+                carrot += v_cmd * self.sim.dt
+                rpm_cmd = self.pid.compute(
+                    self.sim.pos, self.sim.quat, self.sim.vel, self.sim.ang_vel_body, carrot, v_cmd
+                )
+                rpm_cmd[~active] = 0.0  # terminated drones have their motors off
+            contacts = self.sim.step(rpm_cmd)
+            ground |= contacts.ground
+            hit_drone |= contacts.drones
+            impact = np.maximum(impact, contacts.impact_speed)
+        self.steps += 1
+
+        rot = quat_to_matrix(self.sim.quat)
+        pos = self.sim.pos
+        crash = ground & ((impact > self.crash_speed) | (tilt_angle(rot) > self.crash_tilt)) & active
+        collision = hit_drone & active
+        out = (
+            (np.abs(pos[..., 0]) > self.arena_xy) | (np.abs(pos[..., 1]) > self.arena_xy) | (pos[..., 2] > self.arena_z)
+        ) & active
+        terminated = crash | collision | out
+
+        target_pos, _ = self.task.target_state(self.steps / self.ctrl_freq, pos)
+        w = self.reward_weights
+        dist = self.task.distance(pos, target_pos, active)
+        reward = (
+            w.proximity * (1.0 - np.tanh(dist / w.proximity_scale))
+            - w.smoothness * np.sum((actions - self.last_action) ** 2, axis=-1)
+            - w.spin * np.linalg.norm(self.sim.ang_vel_body, axis=-1)
+            - w.crash * terminated
+        )
+        reward = np.where(active, reward, 0.0).astype(np.float32)
+        self.last_action = np.where(active[..., None], actions, self.last_action)
+        self.active = active & ~terminated
+        self.episode_return += reward
+        self.episode_collisions += collision
+
+        truncated = np.broadcast_to((self.steps >= self.max_steps)[:, None], active.shape) & active
+        done_env = ~np.any(self.active, axis=1) | (self.steps >= self.max_steps)
+        obs, target_pos = self._observe()
+        info = {
+            "active": active,
+            **self.task.metrics(pos, target_pos, active),
+            "collision": collision,
+            "crash": crash,
+            "out_of_arena": out,
+            "done_env": done_env,
+        }
+        if np.any(done_env):
+            info["final_obs"] = obs.copy()
+            info["episode_return"] = self.episode_return.copy()
+            info["episode_length"] = self.steps.copy()
+            info["episode_collisions"] = self.episode_collisions.copy()
+            if self.auto_reset:
+                ids = np.nonzero(done_env)[0]
+                self._reset_envs(ids)
+                fresh, _ = self._observe()
+                obs[ids] = fresh[ids]
+            else:
+                self._needs_reset = bool(np.all(done_env))
+        return obs, reward, terminated, truncated.copy(), info
+
+    # ----------------------------------------------------------------- observation
+    def _observe(self) -> tuple[np.ndarray, np.ndarray]:
+        """Observations ``[E, N, obs_dim]`` float32 and the targets they were computed with."""
+        s = self.sim
+        pos, vel = s.pos, s.vel
+        e, n = pos.shape[:2]
+        target_pos, target_vel = self.task.target_state(self.steps / self.ctrl_freq, pos)
+        obs = np.empty((e, n, self.obs_dim), dtype=np.float32)
+        f = self._field_slices
+        obs[..., f["rel_target"]] = target_pos - pos
+        obs[..., f["target_vel"]] = target_vel
+        obs[..., f["altitude"]] = pos[..., 2:3]
+        obs[..., f["vel"]] = vel
+        obs[..., f["rot"]] = quat_to_matrix(s.quat).reshape(e, n, 9)
+        obs[..., f["ang_vel"]] = s.ang_vel_body
+        obs[..., f["last_action"]] = self.last_action
+        k = self.num_neighbors
+        if k > 0:
+            x, y, z = pos[..., 0], pos[..., 1], pos[..., 2]
+            d2 = (x[:, None, :] - x[:, :, None]) ** 2 + (y[:, None, :] - y[:, :, None]) ** 2
+            d2 += (z[:, None, :] - z[:, :, None]) ** 2
+            d2[:, np.arange(n), np.arange(n)] = np.inf
+            nearest = np.argsort(d2, axis=-1)[..., :k]  # [E, N, k]
+            env_idx = np.arange(e)[:, None, None]
+            obs[..., f["nbr_rel_pos"]] = (pos[env_idx, nearest] - pos[:, :, None, :]).reshape(e, n, 3 * k)
+            obs[..., f["nbr_rel_vel"]] = (vel[env_idx, nearest] - vel[:, :, None, :]).reshape(e, n, 3 * k)
+        extra = self.task.extra_obs(pos)
+        if extra is not None:
+            obs[..., self.obs_dim - extra.shape[-1] :] = extra
+        return obs, target_pos
+
+    def close(self) -> None:
+        """Release the physics backend."""
+        self.sim.close()
+
+    def __enter__(self) -> DroneSwarmEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,203 @@
+"""Swarm tasks: where each drone should be, and how close it is.
+
+A task samples spawn states and targets per episode (vectorised over the envs being reset) and gives each
+drone its target position and velocity at any time. Rewards are computed by the env from
+:meth:`SwarmTask.distance`; see ``docs/drone-envs.md`` for the terms.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+TASKS = ("hover", "formation", "navigation")
+
+
+def grid_positions(
+    rng: np.random.Generator, num_envs: int, num_drones: int, spacing: float, jitter: float
+) -> np.ndarray:
+    """Distinct jittered cells of a square xy grid centred on the origin, ``[num_envs, num_drones, 2]``.
+
+    Cells are ``spacing`` apart and points move at most ``jitter`` from their cell centre, so any two points
+    are at least ``spacing - 2 jitter`` apart.
+    """
+    side = math.ceil(math.sqrt(num_drones * 2))
+    coords = (np.arange(side) - (side - 1) / 2.0) * spacing
+    cells = np.stack(np.meshgrid(coords, coords, indexing="ij"), axis=-1).reshape(-1, 2)
+    pick = np.argsort(rng.random((num_envs, len(cells))), axis=1)[:, :num_drones]
+    return cells[pick] + rng.uniform(-jitter, jitter, (num_envs, num_drones, 2))
+
+
+def region_half_width(num_drones: int, spacing: float = 0.5) -> float:
+    """Half width [m] of the xy region that the grid of :func:`grid_positions` covers."""
+    side = math.ceil(math.sqrt(num_drones * 2))
+    return max(1.0, 0.5 * spacing * side)
+
+
+class SwarmTask:
+    """Base task: static per-drone targets; subclasses change where targets are and how they move.
+
+    Args:
+        num_drones: swarm size.
+        spawn_height: (low, high) spawn altitude range [m]; low must keep the drone off the ground.
+        target_height: (low, high) target altitude range [m].
+    """
+
+    name = "base"
+    extra_fields: tuple[tuple[str, int, str], ...] = ()
+    """Task-specific observation fields: (name, size, unit)."""
+
+    def __init__(
+        self,
+        num_drones: int,
+        num_envs: int,
+        *,
+        spawn_height: tuple[float, float] = (0.2, 1.0),
+        target_height: tuple[float, float] = (0.5, 1.5),
+        min_spawn_height: float = 0.0,
+    ) -> None:
+        if spawn_height[0] < min_spawn_height or spawn_height[0] > spawn_height[1]:
+            raise ValueError(
+                f"spawn_height {spawn_height} must be an increasing pair with low >= {min_spawn_height:.4f} m "
+                "(the drone's half height; lower spawns start inside the ground)"
+            )
+        if target_height[0] <= 0 or target_height[0] > target_height[1]:
+            raise ValueError(f"target_height {target_height} must be an increasing pair of positive heights")
+        self.num_drones = num_drones
+        self.spawn_height = spawn_height
+        self.target_height = target_height
+        self.half_width = region_half_width(num_drones)
+        self.targets = np.zeros((num_envs, num_drones, 3))
+
+    def sample_spawn(self, rng: np.random.Generator, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Spawn positions ``[k, N, 3]`` and yaw angles ``[k, N]`` for ``k`` envs (drones >= 0.3 m apart)."""
+        xy = grid_positions(rng, k, self.num_drones, spacing=0.4, jitter=0.05)
+        z = rng.uniform(*self.spawn_height, (k, self.num_drones, 1))
+        yaw = rng.uniform(-0.2, 0.2, (k, self.num_drones))
+        return np.concatenate([xy, z], axis=-1), yaw
+
+    def reset(self, rng: np.random.Generator, env_ids: np.ndarray) -> None:
+        """Sample new targets for ``env_ids``."""
+        xy = grid_positions(rng, len(env_ids), self.num_drones, spacing=0.5, jitter=0.1)
+        z = rng.uniform(*self.target_height, (len(env_ids), self.num_drones, 1))
+        self.targets[env_ids] = np.concatenate([xy, z], axis=-1)
+
+    def target_state(self, time_s: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each drone's target position and velocity ``[E, N, 3]`` at episode times ``time_s [E]`` [s]."""
+        return self.targets, np.zeros_like(self.targets)
+
+    def distance(self, pos: np.ndarray, target_pos: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """Distance [m] that the proximity reward uses, ``[E, N]``: each drone to its own target."""
+        return np.linalg.norm(target_pos - pos, axis=-1)
+
+    def extra_obs(self, pos: np.ndarray) -> np.ndarray | None:
+        """Task-specific observation ``[E, N, X]`` (``extra_fields``), or None."""
+        return None
+
+    def metrics(self, pos: np.ndarray, target_pos: np.ndarray, active: np.ndarray) -> dict[str, np.ndarray]:
+        """Task metrics for ``info``: ``pos_error [E, N]`` [m] (distance to the drone's target)."""
+        return {"pos_error": np.linalg.norm(target_pos - pos, axis=-1)}
+
+
+class HoverTask(SwarmTask):
+    """``drone-hover``: every drone flies to its own random target and holds it."""
+
+    name = "hover"
+
+
+class FormationTask(SwarmTask):
+    """``drone-formation``: hold a ring formation around a reference moving on a horizontal circle.
+
+    The ring's neighbouring slots are ``spacing`` apart; the reference circles the origin at radius
+    ``path_radius`` [m] with speed ``ref_speed`` [m/s] at a random height and phase per episode.
+    """
+
+    name = "formation"
+
+    def __init__(
+        self,
+        num_drones: int,
+        num_envs: int,
+        *,
+        spacing: float = 0.4,
+        path_radius: float = 1.0,
+        ref_speed: float = 0.25,
+        **kwargs,
+    ) -> None:
+        super().__init__(num_drones, num_envs, **kwargs)
+        if spacing <= 0 or path_radius < 0 or ref_speed < 0:
+            raise ValueError("formation needs spacing > 0, path_radius >= 0 and ref_speed >= 0")
+        n = num_drones
+        ring = 0.0 if n == 1 else spacing / (2.0 * math.sin(math.pi / n))
+        angle = 2.0 * math.pi * np.arange(n) / n
+        self.offsets = np.stack([ring * np.cos(angle), ring * np.sin(angle), np.zeros(n)], axis=-1)
+        self.path_radius = path_radius
+        self.omega = 0.0 if path_radius == 0 else ref_speed / path_radius
+        self.half_width = max(self.half_width, path_radius + ring + 0.5)
+        self.phase = np.zeros(num_envs)
+        self.height = np.ones(num_envs)
+
+    def reset(self, rng: np.random.Generator, env_ids: np.ndarray) -> None:
+        self.phase[env_ids] = rng.uniform(0.0, 2.0 * math.pi, len(env_ids))
+        self.height[env_ids] = rng.uniform(*self.target_height, len(env_ids))
+
+    def target_state(self, time_s: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a = self.phase + self.omega * time_s
+        r = self.path_radius
+        ref = np.stack([r * np.cos(a), r * np.sin(a), self.height], axis=-1)
+        ref_vel = np.stack([-r * self.omega * np.sin(a), r * self.omega * np.cos(a), np.zeros_like(a)], axis=-1)
+        self.targets = ref[:, None, :] + self.offsets
+        return self.targets, np.broadcast_to(ref_vel[:, None, :], self.targets.shape)
+
+
+class NavigationTask(SwarmTask):
+    """``drone-navigation``: N drones cover N goals (no assignment) without colliding.
+
+    Each drone observes every goal relative to itself, nearest first (field ``rel_goals``); its target is
+    the nearest goal. The proximity reward is shared: the mean over goals of the distance from the goal to
+    the nearest active drone. ``coverage`` is the fraction of goals with a drone within ``cover_radius``.
+    """
+
+    name = "navigation"
+
+    def __init__(self, num_drones: int, num_envs: int, *, cover_radius: float = 0.1, **kwargs) -> None:
+        super().__init__(num_drones, num_envs, **kwargs)
+        self.extra_fields = (("rel_goals", 3 * num_drones, "m"),)
+        self.cover_radius = cover_radius
+
+    def _rel_goals(self, pos: np.ndarray) -> np.ndarray:
+        """Goals relative to each drone, nearest first, ``[E, N, G, 3]``."""
+        rel = self.targets[:, None, :, :] - pos[:, :, None, :]
+        order = np.argsort(np.sum(rel * rel, axis=-1), axis=-1)
+        return np.take_along_axis(rel, order[..., None], axis=2)
+
+    def target_state(self, time_s: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each drone's target is its nearest goal."""
+        return pos + self._rel_goals(pos)[:, :, 0, :], np.zeros_like(pos)
+
+    def _goal_distances(self, pos: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """Distance from each goal to the nearest active drone ``[E, G]`` (inf if none is active)."""
+        d = np.linalg.norm(self.targets[:, :, None, :] - pos[:, None, :, :], axis=-1)  # [E, G, N]
+        return np.min(np.where(active[:, None, :], d, np.inf), axis=-1)
+
+    def distance(self, pos: np.ndarray, target_pos: np.ndarray, active: np.ndarray) -> np.ndarray:
+        d_goal = self._goal_distances(pos, active)
+        d_goal = np.where(np.isfinite(d_goal), d_goal, 2.0 * self.half_width)
+        return np.broadcast_to(np.mean(d_goal, axis=-1, keepdims=True), active.shape)
+
+    def extra_obs(self, pos: np.ndarray) -> np.ndarray:
+        rel = self._rel_goals(pos)
+        return rel.reshape(*rel.shape[:2], -1)
+
+    def metrics(self, pos: np.ndarray, target_pos: np.ndarray, active: np.ndarray) -> dict[str, np.ndarray]:
+        out = super().metrics(pos, target_pos, active)
+        out["coverage"] = np.mean(self._goal_distances(pos, active) < self.cover_radius, axis=-1)
+        return out
+
+
+TASK_CLASSES: dict[str, type[SwarmTask]] = {
+    "hover": HoverTask,
+    "formation": FormationTask,
+    "navigation": NavigationTask,
+}

@@ -1,0 +1,196 @@
+"""The batched multi-agent API, the PettingZoo adapter and the task rules."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from pettingzoo.test import parallel_api_test
+
+from sim2real.envs import env_names, make, make_parallel
+from sim2real.envs.drones import CF2X
+
+TASKS = ["drone-hover", "drone-formation", "drone-navigation"]
+
+
+def test_registry_lists_the_three_swarm_tasks() -> None:
+    assert set(TASKS) <= set(env_names())
+    with pytest.raises(ValueError, match="registered are"):
+        make("drone-racing")
+
+
+@pytest.mark.parametrize("name", TASKS)
+@pytest.mark.parametrize("action_type", ["vel", "rpm"])
+def test_spaces_and_dtypes_match_exactly(name: str, action_type: str) -> None:
+    env = make(name, num_envs=3, num_drones=5, action_type=action_type, seed=0)
+    obs, _ = env.reset()
+    assert obs.dtype == np.float32 and obs.shape == (3, 5, env.obs_dim)
+    assert env.observation_space.contains(obs)
+    assert env.single_observation_space.contains(obs[0, 0])
+    assert env.act_dim == (3 if action_type == "vel" else 4)
+    act = env.action_space.sample()
+    assert act.dtype == np.float32 and env.action_space.contains(act)
+    obs, rew, term, trunc, _ = env.step(act)
+    assert rew.dtype == np.float32 and rew.shape == (3, 5)
+    assert term.dtype == bool and trunc.dtype == bool and term.shape == trunc.shape == (3, 5)
+    assert env.observation_space.contains(obs)
+    layout = env.obs_layout
+    assert layout[0].start == 0 and sum(f.size for f in layout) == env.obs_dim
+    assert all(a.start + a.size == b.start for a, b in itertools.pairwise(layout))
+
+
+def test_observation_fields_hold_what_the_layout_says() -> None:
+    env = make("drone-hover", num_envs=2, num_drones=4, backend="pybullet", seed=1)
+    try:
+        obs, _ = env.reset()
+        pos, vel = env.sim.pos, env.sim.vel
+        np.testing.assert_allclose(obs[..., env.obs_field("rel_target")], env.task.targets - pos, atol=1e-6)
+        np.testing.assert_allclose(obs[..., env.obs_field("altitude")][..., 0], pos[..., 2], atol=1e-6)
+        np.testing.assert_allclose(obs[..., env.obs_field("rot")], env.sim.rot.reshape(2, 4, 9), atol=1e-6)
+        nbr = obs[..., env.obs_field("nbr_rel_pos")].reshape(2, 4, 3, 3)
+        d = np.linalg.norm(nbr, axis=-1)
+        assert np.all(np.diff(d, axis=-1) >= 0)  # nearest first
+        for e in range(2):
+            for i in range(4):
+                others = np.delete(pos[e], i, axis=0) - pos[e, i]
+                np.testing.assert_allclose(np.sort(d[e, i]), np.sort(np.linalg.norm(others, axis=-1)), atol=1e-5)
+        assert np.all(vel == 0)
+    finally:
+        env.close()
+
+
+def test_spawn_is_random_separated_and_above_the_ground() -> None:
+    env = make("drone-navigation", num_envs=64, num_drones=8, seed=0)
+    env.reset()
+    pos = env.sim.pos
+    assert np.all(pos[..., 2] >= CF2X.collision_height / 2)
+    d = np.linalg.norm(pos[:, :, None] - pos[:, None], axis=-1) + np.eye(8) * 10
+    assert d.min() >= 0.3
+    assert np.std(pos[:, 0, 0]) > 0.1  # not the same spawn everywhere
+    with pytest.raises(ValueError, match="inside the ground"):
+        make("drone-hover", spawn_height=(0.0, 1.0))
+
+
+@pytest.mark.parametrize("backend", ["batched", "pybullet"])
+def test_same_seed_same_rollout_other_seed_other_rollout(backend: str) -> None:
+    def rollout(seed: int) -> np.ndarray:
+        env = make("drone-formation", num_envs=2, num_drones=3, backend=backend, seed=seed, action_type="rpm")
+        try:
+            obs, _ = env.reset()
+            rng = np.random.default_rng(seed)
+            for _ in range(20):
+                obs, *_ = env.step(rng.uniform(-0.2, 0.2, (2, 3, 4)).astype(np.float32))
+            return obs
+        finally:
+            env.close()
+
+    np.testing.assert_array_equal(rollout(7), rollout(7))
+    assert not np.allclose(rollout(7), rollout(8))
+
+
+def test_finished_envs_reset_automatically_and_keep_the_final_observation() -> None:
+    env = make("drone-hover", num_envs=2, num_drones=2, seed=0, episode_len_s=10.0)
+    obs, _ = env.reset()
+    up = np.zeros((2, 2, 3), dtype=np.float32)
+    up[0, :, 2] = 1.0  # env 0 climbs out of the arena; env 1 holds position
+    ended = np.zeros((2, 2), dtype=bool)
+    for _ in range(400):
+        obs, rew, term, trunc, info = env.step(up)
+        assert np.all(rew[term] < -5) and np.all(rew[~info["active"]] == 0)  # penalty once, then nothing
+        assert np.all(info["out_of_arena"] == term)
+        ended |= term
+        if info["done_env"].any():
+            break
+    assert info["done_env"].tolist() == [True, False]
+    assert ended[0].all() and not ended[1].any() and not trunc.any()
+    final_alt = info["final_obs"][0, :, env.obs_field("altitude")]
+    assert np.all(final_alt > env.arena_z - 0.5)
+    assert np.all(obs[0, :, env.obs_field("altitude")] < 1.5)  # fresh spawn
+    assert env.steps[0] == 0 and env.steps[1] > 0 and env.active.all()
+    assert info["episode_length"][0] > 0 and np.all(info["episode_return"][0] < 0)
+
+
+def test_time_limit_truncates_every_agent() -> None:
+    env = make("drone-hover", num_envs=1, num_drones=3, seed=0, episode_len_s=0.5)
+    env.reset()
+    for k in range(15):
+        _, _, term, trunc, info = env.step(np.zeros((1, 3, 3), dtype=np.float32))
+        assert trunc.all() == (k == 14)
+    assert info["done_env"][0] and not term.any()
+
+
+def test_collision_terminates_both_agents_and_the_rest_fly_on() -> None:
+    env = make("drone-hover", num_envs=1, num_drones=3, seed=0, backend="pybullet")
+    try:
+        env.reset()
+        q = np.tile([0, 0, 0, 1.0], (1, 3, 1))
+        env.sim.set_state(
+            None, np.array([[[-0.3, 0, 1.0], [0.3, 0, 1.0], [0, 1.5, 1.0]]]), q, rpm=np.full((1, 3, 4), CF2X.hover_rpm)
+        )
+        act = np.zeros((1, 3, 3), dtype=np.float32)
+        act[0, 0, 0], act[0, 1, 0] = 1.0, -1.0
+        for _ in range(30):
+            _, rew, term, _, info = env.step(act)
+            if term.any():
+                break
+        assert term[0].tolist() == [True, True, False]
+        assert info["collision"][0].tolist() == [True, True, False]
+        _, rew, term, _, info = env.step(act)
+        assert info["active"][0].tolist() == [False, False, True]
+        assert rew[0, 0] == 0.0 and rew[0, 1] == 0.0 and not term.any()
+    finally:
+        env.close()
+
+
+def test_hard_landing_is_a_crash() -> None:
+    env = make("drone-hover", num_envs=1, num_drones=1, seed=0, action_type="rpm")
+    env.reset()
+    env.sim.set_state(None, np.array([[[0, 0, 1.0]]]), np.array([[[0, 0, 0, 1.0]]]))
+    for _ in range(30):
+        _, _, term, _, info = env.step(-np.ones((1, 1, 4), dtype=np.float32))
+        if term.any():
+            break
+    assert info["crash"][0, 0] and term[0, 0]
+
+
+def test_navigation_reports_coverage() -> None:
+    env = make("drone-navigation", num_envs=1, num_drones=3, seed=0)
+    env.reset()
+    goals = env.task.targets.copy()
+    env.sim.set_state(None, goals, np.tile([0, 0, 0, 1.0], (1, 3, 1)), rpm=np.full((1, 3, 4), CF2X.hover_rpm))
+    obs, rew, _, _, info = env.step(np.zeros((1, 3, 3), dtype=np.float32))
+    assert info["coverage"][0] == 1.0
+    assert np.all(rew > 0.9)
+    assert obs.shape[-1] == env.obs_dim and np.allclose(obs[0, :, env.obs_field("rel_goals")][:, :3], 0, atol=0.02)
+
+
+@pytest.mark.parametrize("name", TASKS)
+@pytest.mark.parametrize("backend", ["batched", "pybullet"])
+def test_pettingzoo_parallel_api(name: str, backend: str) -> None:
+    env = make_parallel(name, num_drones=3, backend=backend, seed=0)
+    try:
+        parallel_api_test(env, num_cycles=100)
+    finally:
+        env.close()
+
+
+def test_invalid_configs_and_actions_are_rejected_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="multiple of ctrl_freq"):
+        make("drone-hover", ctrl_freq=7)
+    with pytest.raises(ValueError, match="action_type"):
+        make("drone-hover", action_type="thrust")
+    with pytest.raises(ValueError, match="unknown effect"):
+        make("drone-hover", effects=("gusts",))
+    with pytest.raises(ValueError, match="unknown drone model"):
+        make("drone-hover", model="cf3")
+    with pytest.raises(ValueError, match="num_envs"):
+        make_parallel("drone-hover", num_envs=4)
+    env = make("drone-hover", num_envs=2, num_drones=2)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.zeros((2, 2, 3), dtype=np.float32))
+    env.reset()
+    with pytest.raises(ValueError, match=r"shape \(2, 2, 3\)"):
+        env.step(np.zeros((2, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        env.step(np.full((2, 2, 3), np.nan, dtype=np.float32))
