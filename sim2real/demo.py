@@ -33,7 +33,7 @@ def fly(
         env_name, num_drones=num_drones, backend=backend, effects=effects, seed=seed, episode_len_s=seconds + 1.0
     )
     try:
-        obs, info = env.reset(seed=seed)
+        obs, _ = env.reset(seed=seed)
         rel, tvel = env.obs_field("rel_target"), env.obs_field("target_vel")
         steps = int(seconds * env.ctrl_freq)
         traj = np.empty((steps + 1, num_drones, 3))
@@ -55,6 +55,7 @@ def fly(
         settle = err[len(err) // 4 :]
         return {
             "backend": backend,
+            "ctrl_freq": env.ctrl_freq,
             "mean_pos_error_m": float(settle.mean()),
             "max_pos_error_m": float(settle.max()),
             "return_per_agent": float(total_reward.mean()),
@@ -114,7 +115,7 @@ def _plot(results: list[dict[str, Any]], path: Path) -> Path | None:
         for i in range(traj.shape[1]):
             label = f"{r['backend']}" if i == 0 else None
             axes[0].plot(traj[:, i, 0], traj[:, i, 1], styles[r["backend"]], color=f"C{i}", label=label)
-            axes[1].plot(np.arange(len(traj)) / 30.0, traj[:, i, 2], styles[r["backend"]], color=f"C{i}")
+            axes[1].plot(np.arange(len(traj)) / r["ctrl_freq"], traj[:, i, 2], styles[r["backend"]], color=f"C{i}")
         if r["backend"] == "pybullet":
             for i in range(tgt.shape[1]):
                 axes[0].plot(tgt[:, i, 0], tgt[:, i, 1], ":", color="grey", lw=0.8)

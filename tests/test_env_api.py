@@ -186,6 +186,8 @@ def test_invalid_configs_and_actions_are_rejected_with_the_reason() -> None:
         make("drone-hover", model="cf3")
     with pytest.raises(ValueError, match="num_envs"):
         make_parallel("drone-hover", num_envs=4)
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) \['ring_radius'\].*'spacing'"):
+        make("drone-formation", ring_radius=0.5)
     env = make("drone-hover", num_envs=2, num_drones=2)
     with pytest.raises(RuntimeError, match="reset"):
         env.step(np.zeros((2, 2, 3), dtype=np.float32))

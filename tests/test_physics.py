@@ -193,3 +193,21 @@ def test_bad_inputs_are_rejected_with_clear_messages() -> None:
         simulate_rpm("cf2x", [[0, 0, 1]], [[0, 0, 0]], -constant_rpm(2))
     with pytest.raises(ValueError, match="unknown backend"):
         simulate_rpm("cf2x", [[0, 0, 1]], [[0, 0, 0]], constant_rpm(2), backend="mujoco")
+
+
+def test_too_many_pybullet_worlds_are_refused_before_any_is_made() -> None:
+    with pytest.raises(ValueError, match="backend='batched'"):
+        make_backend("pybullet", "cf2x", 10_000, 1)
+
+
+def test_state_writes_are_validated() -> None:
+    sim = make_backend("batched", "cf2x", 2, 3)
+    q = np.tile([0, 0, 0, 1.0], (1, 3, 1))
+    with pytest.raises(ValueError, match=r"pos must have shape \(1, 3, 3\)"):
+        sim.set_state(np.array([0]), np.zeros((2, 3, 3)), q)
+    with pytest.raises(ValueError, match="vel contains NaN"):
+        sim.set_state(np.array([0]), np.zeros((1, 3, 3)), q, vel=np.full((1, 3, 3), np.nan))
+    with pytest.raises(ValueError, match="non-zero quaternions"):
+        sim.set_state(np.array([0]), np.zeros((1, 3, 3)), np.zeros((1, 3, 4)))
+    with pytest.raises(ValueError, match="rpm_cmd must have shape"):
+        sim.step(np.zeros((2, 3)))

@@ -60,8 +60,7 @@ class ParallelSwarmEnv(ParallelEnv):
 
     def state(self) -> np.ndarray:
         """Global state: every agent's observation, concatenated."""
-        obs, _ = self.env._observe()
-        return obs[0].reshape(-1)
+        return self.env.observe()[0].reshape(-1)
 
     def close(self) -> None:
         self.env.close()

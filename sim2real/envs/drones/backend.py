@@ -16,7 +16,7 @@ import numpy as np
 from sim2real.envs.drones.forces import motor_lag_step, parse_effects
 from sim2real.envs.drones.models import DroneModel, get_model
 from sim2real.envs.drones.params import DroneParams
-from sim2real.envs.drones.rotations import quat_to_matrix
+from sim2real.envs.drones.rotations import quat_to_matrix, rotate
 
 BACKENDS = ("pybullet", "batched")
 
@@ -96,7 +96,7 @@ class DroneBackend(ABC):
     @property
     def ang_vel_world(self) -> np.ndarray:
         """World-frame angular velocity ``[E, N, 3]`` [rad/s]."""
-        return np.einsum("enij,enj->eni", self.rot, self.ang_vel_body)
+        return rotate(self.rot, self.ang_vel_body)
 
     # ----------------------------------------------------------------- interface
     def set_state(
@@ -114,12 +114,33 @@ class DroneBackend(ABC):
         """
         ids = np.arange(self.num_envs) if env_ids is None else np.asarray(env_ids)
         k = len(ids)
-        self.pos[ids] = pos
-        q = np.asarray(quat, dtype=np.float64)
-        self.quat[ids] = q / np.linalg.norm(q, axis=-1, keepdims=True)
-        self.vel[ids] = 0.0 if vel is None else vel
-        self.ang_vel_body[ids] = 0.0 if ang_vel_body is None else ang_vel_body
-        self.rpm[ids] = np.zeros((k, self.num_drones, 4)) if rpm is None else rpm
+        arrays = {
+            "pos": (pos, 3),
+            "quat": (quat, 4),
+            "vel": (vel, 3),
+            "ang_vel_body": (ang_vel_body, 3),
+            "rpm": (rpm, 4),
+        }
+        checked = {}
+        for name, (value, size) in arrays.items():
+            if value is None:
+                continue
+            value = np.asarray(value, dtype=np.float64)
+            if value.shape != (k, self.num_drones, size):
+                raise ValueError(
+                    f"{name} must have shape {(k, self.num_drones, size)} for {k} env(s), got {value.shape}"
+                )
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"{name} contains NaN or inf")
+            checked[name] = value
+        q_norm = np.linalg.norm(checked["quat"], axis=-1, keepdims=True)
+        if np.any(q_norm < 1e-9):
+            raise ValueError("quat must be non-zero quaternions (x, y, z, w)")
+        self.pos[ids] = checked["pos"]
+        self.quat[ids] = checked["quat"] / q_norm
+        self.vel[ids] = checked.get("vel", 0.0)
+        self.ang_vel_body[ids] = checked.get("ang_vel_body", 0.0)
+        self.rpm[ids] = checked.get("rpm", 0.0)
         self._write_state(ids)
 
     def step(self, rpm_cmd: np.ndarray) -> Contacts:

@@ -22,6 +22,7 @@ import numpy as np
 from sim2real.envs.drones.backend import Contacts, DroneBackend
 from sim2real.envs.drones.forces import rotor_wrench
 from sim2real.envs.drones.models import G
+from sim2real.envs.drones.pairs import pair_diff, sum_over_others
 from sim2real.envs.drones.rotations import cross, norm3, quat_integrate_body_rates, quat_to_matrix
 
 GROUND_FRICTION = 0.5
@@ -95,10 +96,9 @@ class BatchedBackend(DroneBackend):
         """Drones whose collision cylinders (axis-aligned approximation) overlap another's ``[E, N]``."""
         if self.num_drones < 2:
             return np.zeros((self.num_envs, self.num_drones), dtype=bool)
-        x, y, z = self.pos[..., 0], self.pos[..., 1], self.pos[..., 2]
-        dxy2 = (x[:, None, :] - x[:, :, None]) ** 2 + (y[:, None, :] - y[:, :, None]) ** 2
-        overlap = (dxy2 < (2.0 * self.model.collision_radius) ** 2) & (
-            np.abs(z[:, None, :] - z[:, :, None]) < self.model.collision_height
+        x, y, z = np.ascontiguousarray(np.moveaxis(self.pos, -1, 0))
+        dx, dy = pair_diff(x), pair_diff(y)
+        overlap = (dx * dx + dy * dy < (2.0 * self.model.collision_radius) ** 2) & (
+            np.abs(pair_diff(z)) < self.model.collision_height
         )
-        overlap &= ~np.eye(self.num_drones, dtype=bool)
-        return np.any(overlap, axis=-1)
+        return sum_over_others(overlap.view(np.uint8)) > 0

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from sim2real.envs.drones.models import DroneModel, G, get_model
-from sim2real.envs.drones.rotations import quat_to_matrix
+from sim2real.envs.drones.rotations import cross, dot3, norm3, quat_to_matrix
 
 PWM2RPM_SCALE = 0.2685
 PWM2RPM_CONST = 4070.3
@@ -72,6 +72,7 @@ class PIDController:
         """Motor RPM ``[E, N, 4]`` that drive the drones toward the targets (arrays ``[E, N, 3]``, yaw ``[E, N]``)."""
         dt = self.dt
         rot = quat_to_matrix(quat)
+        body_z = rot[..., :, 2]
         # ---- position stage
         pos_e = target_pos - pos
         vel_e = target_vel - vel
@@ -79,23 +80,25 @@ class PIDController:
         self.int_pos[..., 2] = np.clip(self.int_pos[..., 2], -0.15, 0.15)
         force = self.P_FOR * pos_e + self.I_FOR * self.int_pos + self.D_FOR * vel_e
         force[..., 2] += self.model.mass * G
-        thrust = np.maximum(0.0, np.sum(force * rot[..., :, 2], axis=-1))
+        thrust = np.maximum(0.0, dot3(force, body_z))
         thrust_pwm = (np.sqrt(thrust / (4.0 * self.model.kf)) - PWM2RPM_CONST) / PWM2RPM_SCALE
-        # ---- desired attitude: z along the force, heading from the target yaw
-        f_norm = np.linalg.norm(force, axis=-1, keepdims=True)
+        # ---- desired attitude: body z along the force, heading from the target yaw
+        f_norm = norm3(force)[..., None]
         z_d = np.where(f_norm > 1e-9, force / np.maximum(f_norm, 1e-9), np.array([0.0, 0.0, 1.0]))
         yaw = np.broadcast_to(np.asarray(target_yaw, dtype=np.float64), pos.shape[:-1])
         x_c = np.stack([np.cos(yaw), np.sin(yaw), np.zeros_like(yaw)], axis=-1)
-        y_d = np.cross(z_d, x_c)
-        y_d /= np.maximum(np.linalg.norm(y_d, axis=-1, keepdims=True), 1e-9)
-        x_d = np.cross(y_d, z_d)
-        rot_d = np.stack([x_d, y_d, z_d], axis=-1)
-        # ---- attitude stage
-        m = np.einsum("enki,enkj->enij", rot_d, rot) - np.einsum("enki,enkj->enij", rot, rot_d)
-        rot_e = np.stack([m[..., 2, 1], m[..., 0, 2], m[..., 1, 0]], axis=-1)
+        y_d = cross(z_d, x_c)
+        y_d /= np.maximum(norm3(y_d), 1e-9)[..., None]
+        x_d = cross(y_d, z_d)
+        # ---- attitude stage: e_R = vee(R_d^T R - R^T R_d), R_d = [x_d y_d z_d] (columns)
+        r0, r1, r2 = rot[..., :, 0], rot[..., :, 1], body_z
+        rot_e = np.stack(
+            [dot3(z_d, r1) - dot3(r2, y_d), dot3(x_d, r2) - dot3(r0, z_d), dot3(y_d, r0) - dot3(r1, x_d)], axis=-1
+        )
         rate_e = target_rates - ang_vel_body
         self.int_rot = np.clip(self.int_rot - rot_e * dt, -1500.0, 1500.0)
         self.int_rot[..., :2] = np.clip(self.int_rot[..., :2], -1.0, 1.0)
         torque = np.clip(-self.P_TOR * rot_e + self.D_TOR * rate_e + self.I_TOR * self.int_rot, -3200.0, 3200.0)
-        pwm = np.clip(thrust_pwm[..., None] + torque @ self.mixer.T, MIN_PWM, MAX_PWM)
+        mixed = (torque.reshape(-1, 3) @ self.mixer.T).reshape(*pos.shape[:-1], 4)
+        pwm = np.clip(thrust_pwm[..., None] + mixed, MIN_PWM, MAX_PWM)
         return PWM2RPM_SCALE * pwm + PWM2RPM_CONST

@@ -17,8 +17,9 @@ import numpy as np
 from sim2real.envs.drones.backend import make_backend
 from sim2real.envs.drones.control import PIDController
 from sim2real.envs.drones.models import DroneModel
+from sim2real.envs.drones.pairs import pair_diff, pair_table
 from sim2real.envs.drones.rotations import quat_to_matrix, rpy_to_quat, tilt_angle
-from sim2real.envs.drones.tasks import TASK_CLASSES
+from sim2real.envs.drones.tasks import TASK_CLASSES, task_arguments
 
 ACTION_TYPES = ("vel", "rpm")
 
@@ -143,7 +144,12 @@ class DroneSwarmEnv:
         self.backend = backend
         self.model = self.sim.model
         half_h = 0.5 * self.model.collision_height
-        self.task = TASK_CLASSES[task](self.num_agents, self.num_envs, min_spawn_height=half_h, **task_kwargs)
+        task_cls = TASK_CLASSES[task]
+        allowed = task_arguments(task_cls)
+        unknown = sorted(set(task_kwargs) - allowed)
+        if unknown:
+            raise ValueError(f"unknown argument(s) {unknown} for task {task!r}; task arguments are {sorted(allowed)}")
+        self.task = task_cls(self.num_agents, self.num_envs, min_spawn_height=half_h, **task_kwargs)
         self.arena_xy = self.task.half_width + 1.0
         self.arena_z = max(3.0, self.task.target_height[1] + 1.0)
         self.pid = PIDController(self.model, self.num_envs, self.num_agents, self.sim.dt)
@@ -327,11 +333,10 @@ class DroneSwarmEnv:
         obs[..., f["last_action"]] = self.last_action
         k = self.num_neighbors
         if k > 0:
-            x, y, z = pos[..., 0], pos[..., 1], pos[..., 2]
-            d2 = (x[:, None, :] - x[:, :, None]) ** 2 + (y[:, None, :] - y[:, :, None]) ** 2
-            d2 += (z[:, None, :] - z[:, :, None]) ** 2
-            d2[:, np.arange(n), np.arange(n)] = np.inf
-            nearest = np.argsort(d2, axis=-1)[..., :k]  # [E, N, k]
+            x, y, z = np.ascontiguousarray(np.moveaxis(pos, -1, 0))
+            dx, dy, dz = pair_diff(x), pair_diff(y), pair_diff(z)
+            order = np.argsort(dx * dx + dy * dy + dz * dz, axis=-1)[..., :k]  # [E, N, k] over the others
+            nearest = pair_table(n)[1].reshape(n, n - 1)[np.arange(n)[:, None], order]
             env_idx = np.arange(e)[:, None, None]
             obs[..., f["nbr_rel_pos"]] = (pos[env_idx, nearest] - pos[:, :, None, :]).reshape(e, n, 3 * k)
             obs[..., f["nbr_rel_vel"]] = (vel[env_idx, nearest] - vel[:, :, None, :]).reshape(e, n, 3 * k)
@@ -339,6 +344,10 @@ class DroneSwarmEnv:
         if extra is not None:
             obs[..., self.obs_dim - extra.shape[-1] :] = extra
         return obs, target_pos
+
+    def observe(self) -> np.ndarray:
+        """Current observations ``[E, N, obs_dim]`` float32 (what the last reset or step returned)."""
+        return self._observe()[0]
 
     def close(self) -> None:
         """Release the physics backend."""

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from sim2real.envs.drones.models import YAW_SIGNS, prop_unit_positions
+from sim2real.envs.drones.pairs import pair_diff, sum_over_others
 from sim2real.envs.drones.params import DroneParams
 from sim2real.envs.drones.rotations import rotate, rotate_inv, sum4
 
@@ -126,17 +127,18 @@ def downwash_force_z(params: DroneParams, pos: np.ndarray) -> np.ndarray:
     0.11 N on a CF2X, 41 % of its weight) and the width stays positive. Coefficients of the drone below apply;
     pairs more than 10 m apart horizontally are ignored.
     """
-    x, y, z = pos[..., 0], pos[..., 1], pos[..., 2]
-    dz = z[:, None, :] - z[:, :, None]  # [E, i, j] = z_j - z_i
+    x, y, z = np.ascontiguousarray(np.moveaxis(pos, -1, 0))
+    dz = pair_diff(z)  # [E, i, others]: z_j - z_i
     above = dz > 0.0
     if not above.any():
         return np.zeros(z.shape)
-    dx = x[:, None, :] - x[:, :, None]
-    dy = y[:, None, :] - y[:, :, None]
+    dx, dy = pair_diff(x), pair_diff(y)
     dxy2 = dx * dx + dy * dy
-    coeff = params.dw_coeff
     gap = np.maximum(dz, params.dw_min_gap[..., None])
-    alpha = (coeff[..., 0] * params.prop_radius**2 / 16.0)[..., None] / (gap * gap)
-    beta = coeff[..., 1, None] * gap + coeff[..., 2, None]
-    force = alpha * np.exp(-0.5 * dxy2 / (beta * beta))
-    return -np.sum(np.where(above & (dxy2 < DOWNWASH_MAX_XY**2), force, 0.0), axis=-1)
+    beta = params.dw_coeff[..., 1, None] * gap + params.dw_coeff[..., 2, None]
+    shape = dxy2 / (beta * beta)
+    shape *= -0.5
+    np.exp(shape, out=shape)
+    shape /= gap * gap
+    shape *= above & (dxy2 < DOWNWASH_MAX_XY**2)
+    return -(params.dw_coeff[..., 0] * params.prop_radius**2 / 16.0) * sum_over_others(shape)

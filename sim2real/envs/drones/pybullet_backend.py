@@ -20,6 +20,9 @@ from sim2real.envs.drones.models import DroneModel, G
 from sim2real.envs.drones.rotations import norm3, quat_to_matrix, rotate, rotate_inv
 from sim2real.envs.drones.urdf import write_urdf
 
+MAX_CLIENTS = 512
+"""Envs (PyBullet clients) per process; PyBullet itself allows 1024 clients."""
+
 
 class PyBulletBackend(DroneBackend):
     """PyBullet worlds for ``num_envs`` envs of ``num_drones`` drones each (see :class:`DroneBackend`)."""
@@ -41,6 +44,11 @@ class PyBulletBackend(DroneBackend):
         super().__init__(
             model, num_envs, num_drones, pyb_freq=pyb_freq, effects=effects, damping=damping, motor_lag=motor_lag
         )
+        if self.num_envs > MAX_CLIENTS:
+            raise ValueError(
+                f"the pybullet backend runs one PyBullet client per env, at most {MAX_CLIENTS}; got num_envs="
+                f"{self.num_envs}. Use backend='batched' for large batches."
+            )
         urdf = str(write_urdf(self.model))
         self.clients: list[int] = []
         self.body_ids: list[list[int]] = []

@@ -128,9 +128,14 @@ def cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+def dot3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dot product of ``[..., 3]`` vectors, shape ``[...]``."""
+    return a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1] + a[..., 2] * b[..., 2]
+
+
 def norm3(v: np.ndarray) -> np.ndarray:
     """Euclidean norm of ``[..., 3]`` vectors, shape ``[...]``."""
-    return np.sqrt(v[..., 0] * v[..., 0] + v[..., 1] * v[..., 1] + v[..., 2] * v[..., 2])
+    return np.sqrt(dot3(v, v))
 
 
 def sum4(a: np.ndarray) -> np.ndarray:

@@ -7,11 +7,10 @@ drone its target position and velocity at any time. Rewards are computed by the 
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
-
-TASKS = ("hover", "formation", "navigation")
 
 
 def grid_positions(
@@ -201,3 +200,13 @@ TASK_CLASSES: dict[str, type[SwarmTask]] = {
     "formation": FormationTask,
     "navigation": NavigationTask,
 }
+
+
+def task_arguments(task_cls: type[SwarmTask]) -> set[str]:
+    """Keyword arguments a task class accepts from ``make`` (its own and the base class's)."""
+    names: set[str] = set()
+    for cls in task_cls.__mro__:
+        if issubclass(cls, SwarmTask):
+            params = inspect.signature(cls.__init__).parameters.values()
+            names |= {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return names - {"min_spawn_height"}
