@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sim2real.envs.drones import CF2X, simulate_rpm
-from sim2real.envs.drones.rotations import quat_to_rpy
+from sim2real.envs.drones import CF2X, simulate_rpm, trajectory_gap
 
 FREQ = 240
 HORIZONS_S = (0.25, 0.5, 1.0, 2.0, 3.0)
@@ -36,12 +35,6 @@ def schedule(name: str, seconds: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
         rpm[FREQ : FREQ + FREQ // 2, 0] *= [1.05, 0.95, 1.05, 0.95]
     z = 20.0 if name.endswith("z20") else 1.0
     return np.array([[0.0, 0.0, z]]), rpm
-
-
-def gap_until(a: dict, b: dict, row: int) -> tuple[float, float]:
-    dp = float(np.max(np.abs(a["pos"][: row + 1] - b["pos"][: row + 1])))
-    ra, rb = quat_to_rpy(a["quat_xyzw"][: row + 1]), quat_to_rpy(b["quat_xyzw"][: row + 1])
-    return dp, float(np.max(np.abs(np.angle(np.exp(1j * (ra - rb))))))
 
 
 def first_contact(out: dict) -> float | None:
@@ -69,12 +62,12 @@ def main() -> None:
                 "gap_by_horizon": {},
             }
             for h in HORIZONS_S:
-                dp, da = gap_until(pyb, bat, int(h * FREQ))
+                dp, da = trajectory_gap(pyb, bat, int(h * FREQ))
                 rec["gap_by_horizon"][str(h)] = {"pos_m": dp, "angle_rad": da}
             contact = [t for t in rec["contact_s"].values() if t is not None]
             if contact:
                 row = int(min(contact) * FREQ) - 1
-                dp, da = gap_until(pyb, bat, row)
+                dp, da = trajectory_gap(pyb, bat, row)
                 rec["gap_before_contact"] = {"pos_m": dp, "angle_rad": da}
                 rec["final_pos"] = {"pybullet": pyb["pos"][-1].tolist(), "batched": bat["pos"][-1].tolist()}
             records.append(rec)

@@ -111,6 +111,25 @@ def test_finished_envs_reset_automatically_and_keep_the_final_observation() -> N
     assert info["episode_length"][0] > 0 and np.all(info["episode_return"][0] < 0)
 
 
+def test_an_agent_is_never_both_terminated_and_truncated() -> None:
+    env = make(
+        "drone-hover",
+        num_envs=1,
+        num_drones=2,
+        seed=0,
+        episode_len_s=2.0,
+        spawn_height=(2.5, 2.5),
+        target_height=(1.0, 1.5),
+    )
+    env.reset()
+    up = np.zeros((1, 2, 3), dtype=np.float32)
+    up[0, 0, 2] = 1.0  # drone 0 climbs through the 3 m arena top at about the time limit
+    for _ in range(env.max_steps):
+        _, _, term, trunc, info = env.step(up)
+        assert not np.any(term & trunc)
+    assert info["done_env"][0]
+
+
 def test_time_limit_truncates_every_agent() -> None:
     env = make("drone-hover", num_envs=1, num_drones=3, seed=0, episode_len_s=0.5)
     env.reset()
@@ -188,6 +207,16 @@ def test_invalid_configs_and_actions_are_rejected_with_the_reason() -> None:
         make_parallel("drone-hover", num_envs=4)
     with pytest.raises(ValueError, match=r"unknown argument\(s\) \['ring_radius'\].*'spacing'"):
         make("drone-formation", ring_radius=0.5)
+    with pytest.raises(ValueError, match="auto_reset=False needs num_envs=1"):
+        make("drone-hover", num_envs=2, auto_reset=False)
+    with pytest.raises(ValueError, match="below the arena top"):
+        make("drone-hover", spawn_height=(4.0, 5.0))
+    with pytest.raises(ValueError, match="pair"):
+        make("drone-hover", spawn_height=0.5)
+    with pytest.raises(ValueError, match="episode_len_s must last at least one control step"):
+        make("drone-hover", episode_len_s=0.01)
+    with pytest.raises(ValueError, match="crash_tilt"):
+        make("drone-hover", crash_tilt=-1.0)
     env = make("drone-hover", num_envs=2, num_drones=2)
     with pytest.raises(RuntimeError, match="reset"):
         env.step(np.zeros((2, 2, 3), dtype=np.float32))

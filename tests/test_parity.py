@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from conftest import HOVER, constant_rpm
 
-from sim2real.envs.drones import CF2P, CF2X, G, make_backend, simulate_rpm
+from sim2real.envs.drones import CF2P, CF2X, G, make_backend, simulate_rpm, trajectory_gap
 from sim2real.envs.drones.control import PIDController
-from sim2real.envs.drones.rotations import quat_to_rpy
 
 FREQ = 240
 
@@ -20,14 +19,6 @@ def run_both(init_pos, rpm, effects=(), damping=0.0, model="cf2x"):
         simulate_rpm(model, init_pos, rpy, rpm, backend=b, effects=effects, damping=damping)
         for b in ("pybullet", "batched")
     ]
-
-
-def gaps(a: dict, b: dict, upto: int) -> tuple[float, float]:
-    """Largest position [m] and attitude [rad] difference over rows 0..upto."""
-    dp = np.max(np.abs(a["pos"][: upto + 1] - b["pos"][: upto + 1]))
-    ra, rb = quat_to_rpy(a["quat_xyzw"][: upto + 1]), quat_to_rpy(b["quat_xyzw"][: upto + 1])
-    da = np.max(np.abs(np.angle(np.exp(1j * (ra - rb)))))
-    return float(dp), float(da)
 
 
 def yaw_pulse() -> np.ndarray:
@@ -46,7 +37,7 @@ def test_gentle_motion_agrees_within_1mm_and_10mrad_over_1s(scenario: str, effec
     else:  # the anchor's pair geometry, raised so 1 s of flight stays contact-free
         pyb, bat = run_both([[0, 0, 2.0], [0.05, 0, 3.0]], constant_rpm(FREQ, 2), effects)
     assert not pyb["ground_contact"].any() and not bat["ground_contact"].any()
-    dp, da = gaps(pyb, bat, FREQ)
+    dp, da = trajectory_gap(pyb, bat, FREQ)
     assert dp < 1e-3 and da < 0.01, (dp, da)
 
 
@@ -55,7 +46,7 @@ def test_motor_step_flip_agrees_over_the_first_quarter_second(model) -> None:
     rpm = constant_rpm(FREQ)
     rpm[:, 0, 0] *= 1.05
     pyb, bat = run_both([[0, 0, 20.0]], rpm, model=model)
-    dp, da = gaps(pyb, bat, FREQ // 4)
+    dp, da = trajectory_gap(pyb, bat, FREQ // 4)
     assert dp < 1e-3 and da < 0.01, (dp, da)
     # The manoeuvre is aggressive: the body rates reach several rad/s within the window.
     assert np.max(np.abs(pyb["ang_vel_body"][: FREQ // 4 + 1, 0])) > 2.5
@@ -63,7 +54,7 @@ def test_motor_step_flip_agrees_over_the_first_quarter_second(model) -> None:
 
 def test_damped_modes_agree() -> None:
     pyb, bat = run_both([[0, 0, 1.0]], yaw_pulse(), damping=0.04)
-    dp, da = gaps(pyb, bat, FREQ)
+    dp, da = trajectory_gap(pyb, bat, FREQ)
     assert dp < 1e-6 and da < 1e-6
 
 

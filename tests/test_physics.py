@@ -211,3 +211,47 @@ def test_state_writes_are_validated() -> None:
         sim.set_state(np.array([0]), np.zeros((1, 3, 3)), np.zeros((1, 3, 4)))
     with pytest.raises(ValueError, match="rpm_cmd must have shape"):
         sim.step(np.zeros((2, 3)))
+
+
+def test_env_id_selection_is_validated() -> None:
+    sim = make_backend("batched", "cf2x", 3, 1)
+    q = np.tile([0, 0, 0, 1.0], (1, 1, 1))
+    sim.set_state(np.array([False, True, False]), np.full((1, 1, 3), 2.0), q)  # a mask selects env 1
+    assert sim.pos[1, 0, 2] == 2.0 and sim.pos[0, 0, 2] == 1.0
+    for bad in (np.array([3]), np.array([0, 0]), np.array([0.5]), np.array([True, False])):
+        with pytest.raises(ValueError, match="env"):
+            sim.set_state(bad, np.zeros((len(bad), 1, 3)), np.tile(q, (len(bad), 1, 1)))
+    with pytest.raises(ValueError, match="NaN"):
+        sim.step(np.full((3, 1, 4), np.nan))
+
+
+def test_skimming_the_ground_is_not_an_impact(backend: str) -> None:
+    """Only the downward speed counts as impact speed: fast level flight just above the ground is no crash."""
+    sim = make_backend(backend, "cf2x", 1, 1)
+    try:
+        z = CF2X.collision_height / 2 + 5e-4
+        sim.set_state(None, np.array([[[0, 0, z]]]), np.array([[[0, 0, 0, 1.0]]]), vel=np.array([[[2.0, 0, 0]]]))
+        impact = max(float(sim.step(np.full((1, 1, 4), HOVER)).impact_speed[0, 0]) for _ in range(10))
+        assert impact < 0.05
+    finally:
+        sim.close()
+
+
+def test_a_closed_pybullet_backend_refuses_to_step() -> None:
+    sim = make_backend("pybullet", "cf2x", 1, 1)
+    sim.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        sim.step(np.full((1, 1, 4), HOVER))
+
+
+def test_downwash_scales_with_the_upper_drones_thrust(backend: str) -> None:
+    start = [[0, 0, 2.0], [0.05, 0, 3.0]]
+    rpm = constant_rpm(FREQ // 4, 2)
+    rpm[:, 1] = 0.0  # the upper drone's motors are off (it falls 0.3 m): no wake
+    out = simulate_rpm("cf2x", start, np.zeros((2, 3)), rpm, effects="downwash", backend=backend)
+    assert out["pos"][-1, 0, 2] == pytest.approx(2.0, abs=1e-9)
+    params = DroneParams.from_model(CF2X, 1, 2)
+    pos = np.array([[[0, 0, 1.0], [0, 0, 2.0]]])
+    hover = downwash_force_z(params, pos)
+    double = downwash_force_z(params, pos, np.array([[1.0, 2.0]]))
+    assert double[0, 0] == pytest.approx(2 * hover[0, 0]) and hover[0, 0] < 0

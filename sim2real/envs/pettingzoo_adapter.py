@@ -24,6 +24,7 @@ class ParallelSwarmEnv(ParallelEnv):
         self._index = {a: i for i, a in enumerate(self.possible_agents)}
         self._obs_space = env.single_observation_space
         self._act_space = env.single_action_space
+        self.state_space = gym.spaces.Box(-np.inf, np.inf, (env.num_agents * env.obs_dim,), np.float32)
 
     def observation_space(self, agent: str) -> gym.spaces.Box:
         return self._obs_space

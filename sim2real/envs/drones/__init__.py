@@ -4,7 +4,7 @@ from sim2real.envs.drones.backend import BACKENDS, Contacts, DroneBackend, make_
 from sim2real.envs.drones.forces import EFFECTS, parse_effects
 from sim2real.envs.drones.models import CF2P, CF2X, MODELS, DroneModel, G, get_model
 from sim2real.envs.drones.params import DroneParams
-from sim2real.envs.drones.simulate import simulate_rpm
+from sim2real.envs.drones.simulate import simulate_rpm, trajectory_gap
 
 __all__ = [
     "BACKENDS",
@@ -21,4 +21,5 @@ __all__ = [
     "make_backend",
     "parse_effects",
     "simulate_rpm",
+    "trajectory_gap",
 ]

@@ -25,8 +25,8 @@ BACKENDS = ("pybullet", "batched")
 class Contacts:
     """Contacts seen during one physics step, each ``[E, N]``.
 
-    ``ground``: touching the ground; ``drones``: touching another drone; ``impact_speed``: speed [m/s] the
-    drone had just before a ground contact of this step (0 without contact).
+    ``ground``: touching the ground; ``drones``: touching another drone; ``impact_speed``: downward speed
+    [m/s] the drone had just before a ground contact of this step (0 without contact).
     """
 
     ground: np.ndarray
@@ -110,9 +110,11 @@ class DroneBackend(ABC):
     ) -> None:
         """Write the state of the envs ``env_ids`` (all when None); arrays are ``[len(env_ids), N, ...]``.
 
-        Velocities default to zero and motor speeds to zero (motor lag starts from rest).
+        ``env_ids`` holds distinct env indices or is a boolean mask over the envs. Velocities default to zero
+        and motor speeds to zero (motor lag starts from rest). Everything is validated before anything is
+        written.
         """
-        ids = np.arange(self.num_envs) if env_ids is None else np.asarray(env_ids)
+        ids = self._env_indices(env_ids)
         k = len(ids)
         arrays = {
             "pos": (pos, 3),
@@ -143,11 +145,28 @@ class DroneBackend(ABC):
         self.rpm[ids] = checked.get("rpm", 0.0)
         self._write_state(ids)
 
+    def _env_indices(self, env_ids: np.ndarray | None) -> np.ndarray:
+        """Validated integer env indices from None (all), indices or a boolean mask."""
+        if env_ids is None:
+            return np.arange(self.num_envs)
+        ids = np.asarray(env_ids)
+        if ids.dtype == bool:
+            if ids.shape != (self.num_envs,):
+                raise ValueError(f"a boolean env mask must have shape ({self.num_envs},), got {ids.shape}")
+            return np.nonzero(ids)[0]
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"env_ids must be a 1-D array of integer env indices, got {ids.dtype} {ids.shape}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.num_envs or len(np.unique(ids)) != ids.size):
+            raise ValueError(f"env_ids must be distinct indices in [0, {self.num_envs}), got {ids.tolist()}")
+        return ids
+
     def step(self, rpm_cmd: np.ndarray) -> Contacts:
         """Advance every env by one physics step of ``1/pyb_freq`` s with commanded RPM ``[E, N, 4]``."""
         rpm_cmd = np.asarray(rpm_cmd, dtype=np.float64)
         if rpm_cmd.shape != (self.num_envs, self.num_drones, 4):
             raise ValueError(f"rpm_cmd must have shape {(self.num_envs, self.num_drones, 4)}, got {rpm_cmd.shape}")
+        if not np.isfinite(rpm_cmd).all():
+            raise ValueError("rpm_cmd contains NaN or inf")
         if self.motor_lag:
             self.rpm = motor_lag_step(self.rpm, rpm_cmd, self.params.motor_tau, self.dt)
         else:

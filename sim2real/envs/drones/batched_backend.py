@@ -89,7 +89,7 @@ class BatchedBackend(DroneBackend):
         slow = np.clip(1.0 - GROUND_FRICTION * G * self.dt / np.maximum(speed_xy, 1e-12), 0.0, 1.0)
         vel[..., :2] = np.where(touching[..., None], v_xy * slow, v_xy)
         w *= np.where(touching, GROUND_SPIN_DECAY, 1.0)[..., None]
-        impact = np.where(touching, norm3(vel_before), 0.0)
+        impact = np.where(touching, np.maximum(-vel_before[..., 2], 0.0), 0.0)
         return touching, impact
 
     def _drone_contacts(self) -> np.ndarray:
@@ -101,4 +101,4 @@ class BatchedBackend(DroneBackend):
         overlap = (dx * dx + dy * dy < (2.0 * self.model.collision_radius) ** 2) & (
             np.abs(pair_diff(z)) < self.model.collision_height
         )
-        return sum_over_others(overlap.view(np.uint8)) > 0
+        return sum_over_others(overlap.astype(np.float64)) > 0

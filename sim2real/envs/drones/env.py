@@ -16,7 +16,7 @@ import numpy as np
 
 from sim2real.envs.drones.backend import make_backend
 from sim2real.envs.drones.control import PIDController
-from sim2real.envs.drones.models import DroneModel
+from sim2real.envs.drones.models import DroneModel, get_model
 from sim2real.envs.drones.pairs import pair_diff, pair_table
 from sim2real.envs.drones.rotations import quat_to_matrix, rpy_to_quat, tilt_angle
 from sim2real.envs.drones.tasks import TASK_CLASSES, task_arguments
@@ -112,11 +112,33 @@ class DroneSwarmEnv:
             raise ValueError(
                 f"pyb_freq ({pyb_freq} Hz) must be a positive multiple of ctrl_freq ({ctrl_freq} Hz), e.g. 240 and 30"
             )
-        if episode_len_s <= 0 or max_speed <= 0 or not 0 < rpm_range <= 1 or num_neighbors < 0:
-            raise ValueError(
-                "need episode_len_s > 0, max_speed > 0, 0 < rpm_range <= 1 and num_neighbors >= 0, got "
-                f"{episode_len_s}, {max_speed}, {rpm_range}, {num_neighbors}"
-            )
+        checks = {  # name: (value, valid, rule)
+            "episode_len_s": (episode_len_s, episode_len_s * ctrl_freq >= 1, "must last at least one control step"),
+            "max_speed": (max_speed, max_speed > 0, "must be > 0 m/s"),
+            "rpm_range": (rpm_range, 0 < rpm_range <= 1, "must be in (0, 1]"),
+            "num_neighbors": (num_neighbors, num_neighbors >= 0, "must be >= 0"),
+            "crash_speed": (crash_speed, crash_speed > 0, "must be > 0 m/s"),
+            "crash_tilt": (crash_tilt, 0 < crash_tilt <= np.pi, "must be in (0, pi] rad"),
+            "num_envs": (num_envs, num_envs >= 1, "must be >= 1"),
+            "num_drones": (num_drones, num_drones >= 1, "must be >= 1"),
+        }
+        for name, (value, valid, rule) in checks.items():
+            if not valid:
+                raise ValueError(f"{name} {rule}, got {value}")
+        if not auto_reset and num_envs != 1:
+            raise ValueError("auto_reset=False needs num_envs=1 (the PettingZoo view); batches reset automatically")
+        self.model = get_model(model)
+        task_cls = TASK_CLASSES[task]
+        allowed = sorted(task_arguments(task_cls))
+        unknown = sorted(set(task_kwargs) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown argument(s) {unknown} for task {task!r}; task arguments are {allowed}")
+        half_h = 0.5 * self.model.collision_height
+        self.task = task_cls(int(num_drones), int(num_envs), min_spawn_height=half_h, **task_kwargs)
+        self.arena_xy = self.task.half_width + 1.0
+        self.arena_z = max(3.0, self.task.target_height[1] + 1.0)
+        if self.task.spawn_height[1] >= self.arena_z:
+            raise ValueError(f"spawn_height {self.task.spawn_height} must stay below the arena top {self.arena_z} m")
         self.task_name = task
         self.num_envs = int(num_envs)
         self.num_agents = int(num_drones)
@@ -133,7 +155,7 @@ class DroneSwarmEnv:
         self.auto_reset = auto_reset
         self.sim = make_backend(
             backend,
-            model,
+            self.model,
             self.num_envs,
             self.num_agents,
             pyb_freq=pyb_freq,
@@ -142,16 +164,6 @@ class DroneSwarmEnv:
             motor_lag=motor_lag,
         )
         self.backend = backend
-        self.model = self.sim.model
-        half_h = 0.5 * self.model.collision_height
-        task_cls = TASK_CLASSES[task]
-        allowed = task_arguments(task_cls)
-        unknown = sorted(set(task_kwargs) - allowed)
-        if unknown:
-            raise ValueError(f"unknown argument(s) {unknown} for task {task!r}; task arguments are {sorted(allowed)}")
-        self.task = task_cls(self.num_agents, self.num_envs, min_spawn_height=half_h, **task_kwargs)
-        self.arena_xy = self.task.half_width + 1.0
-        self.arena_z = max(3.0, self.task.target_height[1] + 1.0)
         self.pid = PIDController(self.model, self.num_envs, self.num_agents, self.sim.dt)
 
         self.act_dim = 3 if action_type == "vel" else 4
@@ -290,7 +302,7 @@ class DroneSwarmEnv:
         self.episode_return += reward
         self.episode_collisions += collision
 
-        truncated = np.broadcast_to((self.steps >= self.max_steps)[:, None], active.shape) & active
+        truncated = (self.steps >= self.max_steps)[:, None] & self.active  # live agents only
         done_env = ~np.any(self.active, axis=1) | (self.steps >= self.max_steps)
         obs, target_pos = self._observe()
         info = {
@@ -312,8 +324,8 @@ class DroneSwarmEnv:
                 fresh, _ = self._observe()
                 obs[ids] = fresh[ids]
             else:
-                self._needs_reset = bool(np.all(done_env))
-        return obs, reward, terminated, truncated.copy(), info
+                self._needs_reset = True
+        return obs, reward, terminated, truncated, info
 
     # ----------------------------------------------------------------- observation
     def _observe(self) -> tuple[np.ndarray, np.ndarray]:

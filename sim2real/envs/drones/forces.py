@@ -11,8 +11,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from sim2real.envs.drones.models import YAW_SIGNS, prop_unit_positions
-from sim2real.envs.drones.pairs import pair_diff, sum_over_others
+from sim2real.envs.drones.models import YAW_SIGNS, G, prop_unit_positions
+from sim2real.envs.drones.pairs import pair_diff, pair_source, sum_over_others
 from sim2real.envs.drones.params import DroneParams
 from sim2real.envs.drones.rotations import rotate, rotate_inv, sum4
 
@@ -111,21 +111,26 @@ def rotor_wrench(
         force_world += rotate(rot, f_drag_body)
 
     if "downwash" in effects and pos.shape[1] > 1:
-        force_world[..., 2] += downwash_force_z(params, pos)
+        rotor_thrust = (params.kf * rpm * rpm) @ np.ones(4)
+        force_world[..., 2] += downwash_force_z(params, pos, rotor_thrust / (params.mass * G))
 
     if params.ext_force.any():
         force_world += params.ext_force
     return force_world, torque_body
 
 
-def downwash_force_z(params: DroneParams, pos: np.ndarray) -> np.ndarray:
+def downwash_force_z(params: DroneParams, pos: np.ndarray, thrust_to_weight: np.ndarray | None = None) -> np.ndarray:
     """World-z downwash force ``[E, N]`` [N] on each drone from every drone above it.
 
     The DSL fit ``F = -c1 (r_p / (4 dz))^2 exp(-0.5 (d_xy / (c2 dz + c3))^2)`` is singular at dz -> 0 and
     its width turns negative below dz = -c3/c2. We evaluate it at ``max(dz, dz_min)``, with ``dz_min`` the gap
     at which the width equals one rotor radius (0.83 m for the Crazyflie), so the force stays finite (at most
-    0.11 N on a CF2X, 41 % of its weight) and the width stays positive. Coefficients of the drone below apply;
-    pairs more than 10 m apart horizontally are ignored.
+    0.11 N on a CF2X at hover, 41 % of its weight) and the width stays positive. Coefficients of the drone
+    below apply; pairs more than 10 m apart horizontally are ignored.
+
+    The fit was identified with the upper drone hovering. The wake carries the upper drone's thrust, so the
+    force is scaled by that drone's rotor thrust over its weight, ``thrust_to_weight [E, N]`` (1 at hover,
+    the default; 0 with its motors off).
     """
     x, y, z = np.ascontiguousarray(np.moveaxis(pos, -1, 0))
     dz = pair_diff(z)  # [E, i, others]: z_j - z_i
@@ -141,4 +146,6 @@ def downwash_force_z(params: DroneParams, pos: np.ndarray) -> np.ndarray:
     np.exp(shape, out=shape)
     shape /= gap * gap
     shape *= above & (dxy2 < DOWNWASH_MAX_XY**2)
+    if thrust_to_weight is not None:
+        shape *= pair_source(thrust_to_weight)
     return -(params.dw_coeff[..., 0] * params.prop_radius**2 / 16.0) * sum_over_others(shape)

@@ -86,33 +86,13 @@ class DroneModel:
         return 2.0 * self.km * self.max_rpm**2
 
     @property
-    def max_speed(self) -> float:
-        """Top speed [m/s]."""
-        return self.max_speed_kmh / 3.6
-
-    @property
     def gnd_eff_h_clip(self) -> float:
         """Height [m] below which the ground-effect model is held constant (caps the boost at 4/15)."""
         return 0.25 * self.prop_radius * math.sqrt(15.0 * self.gnd_eff_coeff / 4.0)
 
-    def prop_positions(self, arm: float | np.ndarray | None = None) -> np.ndarray:
-        """Motor positions in the body frame, shape ``[..., 4, 3]`` [m] (``arm`` may be an array)."""
-        arm_arr = np.asarray(self.arm if arm is None else arm, dtype=np.float64)
-        return arm_arr[..., None, None] * prop_unit_positions(self.frame)
-
-    def summary(self) -> dict[str, float | str]:
-        """Constants and derived values for printing."""
-        return {
-            "name": self.name,
-            "frame": self.frame,
-            "mass_kg": self.mass,
-            "arm_m": self.arm,
-            "kf": self.kf,
-            "km": self.km,
-            "hover_rpm": round(self.hover_rpm, 1),
-            "max_rpm": round(self.max_rpm, 1),
-            "max_thrust_N": round(self.max_thrust, 5),
-        }
+    def prop_positions(self) -> np.ndarray:
+        """Motor positions in the body frame, shape ``[4, 3]`` [m]."""
+        return self.arm * prop_unit_positions(self.frame)
 
 
 _S = 1.0 / math.sqrt(2.0)

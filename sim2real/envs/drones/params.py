@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from sim2real.envs.drones.models import DroneModel, prop_unit_positions
+from sim2real.envs.drones.models import DroneModel
 
 
 @dataclass
@@ -67,23 +67,6 @@ class DroneParams:
     def array_fields(self) -> list[str]:
         """Names of the array attributes."""
         return [f.name for f in fields(self) if f.name != "frame"]
-
-    def copy(self) -> DroneParams:
-        """Deep copy."""
-        return DroneParams(self.frame, **{k: getattr(self, k).copy() for k in self.array_fields()})
-
-    def assign(self, other: DroneParams, env_ids: np.ndarray | None = None) -> None:
-        """Copy ``other``'s values into this object, for all envs or for ``env_ids`` only."""
-        for k in self.array_fields():
-            if env_ids is None:
-                getattr(self, k)[...] = getattr(other, k)
-            else:
-                getattr(self, k)[env_ids] = getattr(other, k)[env_ids]
-
-    @property
-    def prop_pos(self) -> np.ndarray:
-        """Motor positions in the body frame ``[E, N, 4, 3]`` [m]."""
-        return self.arm[..., None, None] * prop_unit_positions(self.frame)
 
     @property
     def gnd_h_clip(self) -> np.ndarray:

@@ -17,9 +17,11 @@ import pybullet as pb
 from sim2real.envs.drones.backend import Contacts, DroneBackend
 from sim2real.envs.drones.forces import rotor_wrench
 from sim2real.envs.drones.models import DroneModel, G
-from sim2real.envs.drones.rotations import norm3, quat_to_matrix, rotate, rotate_inv
+from sim2real.envs.drones.rotations import quat_to_matrix, rotate, rotate_inv
 from sim2real.envs.drones.urdf import write_urdf
 
+CONTACT_DISTANCE = 1e-4
+"""Largest separation [m] of a PyBullet contact point that counts as touching."""
 MAX_CLIENTS = 512
 """Envs (PyBullet clients) per process; PyBullet itself allows 1024 clients."""
 
@@ -85,7 +87,12 @@ class PyBulletBackend(DroneBackend):
         self._write_state(np.arange(self.num_envs))
 
     # ----------------------------------------------------------------- engine sync
+    def _check_open(self) -> None:
+        if not self.clients:
+            raise RuntimeError("this PyBullet backend is closed: make a new env")
+
     def _write_state(self, env_ids: np.ndarray) -> None:
+        self._check_open()
         self._rot = quat_to_matrix(self.quat)
         w_world = rotate(self._rot[env_ids], self.ang_vel_body[env_ids])
         for k, e in enumerate(env_ids):
@@ -125,6 +132,7 @@ class PyBulletBackend(DroneBackend):
 
     # ----------------------------------------------------------------- stepping
     def _physics_step(self) -> Contacts:
+        self._check_open()
         rot = self._rot
         vel_before = self.vel.copy()
         force, torque_body = rotor_wrench(self.params, self.pos, rot, self.vel, self.rpm, self.effects)
@@ -145,6 +153,8 @@ class PyBulletBackend(DroneBackend):
         for e, c in enumerate(self.clients):
             index = self._drone_index[e]
             for point in pb.getContactPoints(physicsClientId=c):
+                if point[8] > CONTACT_DISTANCE:  # within PyBullet's margin but not touching yet
+                    continue
                 a, b = index.get(point[1]), index.get(point[2])
                 if a is not None and b is not None:
                     drones[e, a] = drones[e, b] = True
@@ -152,7 +162,7 @@ class PyBulletBackend(DroneBackend):
                     ground[e, a] = True
                 elif b is not None:
                     ground[e, b] = True
-        impact = np.where(ground, norm3(vel_before), 0.0) if ground.any() else np.zeros(shape)
+        impact = np.where(ground, np.maximum(-vel_before[..., 2], 0.0), 0.0) if ground.any() else np.zeros(shape)
         return Contacts(ground=ground, drones=drones, impact_speed=impact)
 
     def close(self) -> None:

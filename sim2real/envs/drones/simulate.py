@@ -8,7 +8,7 @@ import numpy as np
 
 from sim2real.envs.drones.backend import make_backend
 from sim2real.envs.drones.models import DroneModel
-from sim2real.envs.drones.rotations import rpy_to_quat
+from sim2real.envs.drones.rotations import quat_to_rpy, rpy_to_quat
 
 
 def simulate_rpm(
@@ -84,3 +84,11 @@ def simulate_rpm(
         return out
     finally:
         sim.close()
+
+
+def trajectory_gap(a: dict[str, np.ndarray], b: dict[str, np.ndarray], upto: int) -> tuple[float, float]:
+    """Largest position [m] and roll/pitch/yaw [rad] difference between two :func:`simulate_rpm` results
+    over rows ``0..upto`` (angles compared on the circle)."""
+    dp = np.max(np.abs(a["pos"][: upto + 1] - b["pos"][: upto + 1]))
+    ra, rb = quat_to_rpy(a["quat_xyzw"][: upto + 1]), quat_to_rpy(b["quat_xyzw"][: upto + 1])
+    return float(dp), float(np.max(np.abs(np.angle(np.exp(1j * (ra - rb))))))

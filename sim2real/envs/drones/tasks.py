@@ -34,6 +34,17 @@ def region_half_width(num_drones: int, spacing: float = 0.5) -> float:
     return max(1.0, 0.5 * spacing * side)
 
 
+def height_range(name: str, value: object) -> tuple[float, float]:
+    """A validated (low, high) altitude range [m] with low <= high."""
+    try:
+        low, high = (float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair (low, high) of heights in m, got {value!r}") from None
+    if not low <= high:
+        raise ValueError(f"{name} must be an increasing pair (low, high), got {value!r}")
+    return low, high
+
+
 class SwarmTask:
     """Base task: static per-drone targets; subclasses change where targets are and how they move.
 
@@ -56,13 +67,15 @@ class SwarmTask:
         target_height: tuple[float, float] = (0.5, 1.5),
         min_spawn_height: float = 0.0,
     ) -> None:
-        if spawn_height[0] < min_spawn_height or spawn_height[0] > spawn_height[1]:
+        spawn_height = height_range("spawn_height", spawn_height)
+        target_height = height_range("target_height", target_height)
+        if spawn_height[0] < min_spawn_height:
             raise ValueError(
-                f"spawn_height {spawn_height} must be an increasing pair with low >= {min_spawn_height:.4f} m "
+                f"spawn_height {spawn_height} must start at >= {min_spawn_height:.4f} m "
                 "(the drone's half height; lower spawns start inside the ground)"
             )
-        if target_height[0] <= 0 or target_height[0] > target_height[1]:
-            raise ValueError(f"target_height {target_height} must be an increasing pair of positive heights")
+        if target_height[0] <= 0:
+            raise ValueError(f"target_height {target_height} must be positive heights")
         self.num_drones = num_drones
         self.spawn_height = spawn_height
         self.target_height = target_height
