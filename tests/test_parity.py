@@ -147,8 +147,7 @@ def test_pybullet_takes_per_env_mass_too() -> None:
     sim = make_backend("pybullet", "cf2x", 2, 1)
     try:
         sim.set_state(None, np.array([[[0, 0, 5.0]], [[0, 0, 5.0]]]), np.tile([0, 0, 0, 1.0], (2, 1, 1)))
-        sim.params.mass[1] *= 1.2
-        sim.apply_params()
+        sim.params.mass[1] *= 1.2  # picked up by the next step
         for _ in range(FREQ // 2):
             sim.step(np.full((2, 1, 4), HOVER))
         assert sim.pos[0, 0, 2] == pytest.approx(5.0, abs=1e-9) and sim.pos[1, 0, 2] < 4.9

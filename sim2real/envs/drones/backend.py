@@ -174,7 +174,7 @@ class DroneBackend(ABC):
         return self._physics_step()
 
     def apply_params(self) -> None:  # noqa: B027 - optional hook
-        """Push changed ``params`` into the engine (needed only where the engine keeps its own copy)."""
+        """Push changed ``params`` into the engine where it keeps its own copy (done before every step)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release engine resources."""

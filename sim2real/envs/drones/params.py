@@ -1,8 +1,8 @@
 """Per-drone physical parameters as arrays, so every env (and every drone) can differ.
 
 Domain randomisation and dynamics-shift perturbations write into these arrays; both physics backends read
-them on every physics step (the PyBullet backend also pushes mass and inertia into its bodies through
-:meth:`sim2real.envs.drones.pybullet_backend.PyBulletBackend.apply_params`).
+them on every physics step (the PyBullet backend pushes changed masses and inertias into its bodies before
+the step).
 """
 
 from __future__ import annotations
