@@ -9,8 +9,6 @@ drone, and calls ``stepSimulation``. PyBullet adds gravity, contacts (drone-grou
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import pybullet as pb
 
@@ -27,25 +25,16 @@ MAX_CLIENTS = 512
 
 
 class PyBulletBackend(DroneBackend):
-    """PyBullet worlds for ``num_envs`` envs of ``num_drones`` drones each (see :class:`DroneBackend`)."""
+    """PyBullet worlds for ``num_envs`` envs of ``num_drones`` drones each.
+
+    Takes :class:`DroneBackend`'s arguments, plus ``gui=True`` to show env 0 in a PyBullet window (needs a
+    display).
+    """
 
     name = "pybullet"
 
-    def __init__(
-        self,
-        model: str | DroneModel,
-        num_envs: int,
-        num_drones: int,
-        *,
-        pyb_freq: int = 240,
-        effects: Iterable[str] | str | None = (),
-        damping: float = 0.0,
-        motor_lag: bool = False,
-        gui: bool = False,
-    ) -> None:
-        super().__init__(
-            model, num_envs, num_drones, pyb_freq=pyb_freq, effects=effects, damping=damping, motor_lag=motor_lag
-        )
+    def __init__(self, model: str | DroneModel, num_envs: int, num_drones: int, *, gui: bool = False, **kwargs) -> None:
+        super().__init__(model, num_envs, num_drones, **kwargs)
         if self.num_envs > MAX_CLIENTS:
             raise ValueError(
                 f"the pybullet backend runs one PyBullet client per env, at most {MAX_CLIENTS}; got num_envs="
