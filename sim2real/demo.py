@@ -1,10 +1,10 @@
 """The end-to-end demo on the built-in defaults: a scripted swarm flight.
 
 A velocity-command policy written by hand (proportional to the observed target offset, plus the target's
-velocity) flies ``drone-formation`` through the PID controller on both backends, PyBullet with all
-aerodynamic effects as "reality" and the batched twin. The demo prints a summary, writes it as JSON and,
-when matplotlib is installed, plots the trajectories. Later issues replace the scripted policy with a
-trained and exported one.
+velocity, minus a push away from close neighbours) flies ``drone-formation`` through the PID controller on
+both backends, PyBullet with all aerodynamic effects as "reality" and the batched twin. The demo prints a
+summary, writes it as JSON and, when matplotlib is installed, plots the trajectories. Later issues replace
+the scripted policy with a trained and exported one.
 """
 
 from __future__ import annotations
@@ -20,9 +20,21 @@ from tqdm import tqdm
 from sim2real.envs import make
 
 
-def scripted_velocity_policy(obs: np.ndarray, rel_target: slice, target_vel: slice, gain: float = 1.5) -> np.ndarray:
-    """Velocity action in [-1, 1]: ``gain * rel_target + target_vel`` (scaled by the env's max speed 1 m/s)."""
-    return np.clip(gain * obs[..., rel_target] + obs[..., target_vel], -1.0, 1.0)
+def scripted_velocity_policy(
+    obs: np.ndarray, fields: dict[str, slice], gain: float = 1.5, keep_out: float = 0.35
+) -> np.ndarray:
+    """Velocity action in [-1, 1] (times the env's max speed, 1 m/s) from the observation alone.
+
+    ``gain * rel_target + target_vel``, plus a push away from every observed neighbour closer than
+    ``keep_out`` [m], growing linearly to 2 m/s at contact.
+    """
+    v = gain * obs[..., fields["rel_target"]] + obs[..., fields["target_vel"]]
+    nbr = obs[..., fields["nbr_rel_pos"]].reshape(*obs.shape[:-1], -1, 3)
+    if nbr.shape[-2]:
+        dist = np.linalg.norm(nbr, axis=-1, keepdims=True)
+        push = np.clip((keep_out - dist) / keep_out, 0.0, 1.0) * 2.0
+        v -= np.sum(push * nbr / np.maximum(dist, 1e-6), axis=-2)
+    return np.clip(v, -1.0, 1.0)
 
 
 def fly(
@@ -34,7 +46,8 @@ def fly(
     )
     try:
         obs, _ = env.reset(seed=seed)
-        rel, tvel = env.obs_field("rel_target"), env.obs_field("target_vel")
+        fields = {name: env.obs_field(name) for name in ("rel_target", "target_vel", "nbr_rel_pos")}
+        rel = fields["rel_target"]
         steps = int(seconds * env.ctrl_freq)
         traj = np.empty((steps + 1, num_drones, 3))
         targets = np.empty((steps + 1, num_drones, 3))
@@ -43,7 +56,7 @@ def fly(
         errors, total_reward, collisions, crashes = [], np.zeros(num_drones), 0, 0
         start = time.perf_counter()
         for k in tqdm(range(steps), desc=f"{backend:>8s}", unit="step", leave=False):
-            obs, reward, _, _, info = env.step(scripted_velocity_policy(obs, rel, tvel))
+            obs, reward, _, _, info = env.step(scripted_velocity_policy(obs, fields))
             traj[k + 1] = env.sim.pos[0]
             targets[k + 1] = traj[k + 1] + obs[0, :, rel]
             errors.append(info["pos_error"][0])

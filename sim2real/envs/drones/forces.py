@@ -85,6 +85,8 @@ def rotor_wrench(
     rpm_sq = (rpm * rpm).reshape(-1, 4)
     thrust = params.kf.reshape(-1, 4) * rpm_sq  # [E*N, 4] along body z
     unit = prop_unit_positions(params.frame)  # [4, 3], scaled by the arm length
+    downwash = "downwash" in effects and pos.shape[1] > 1
+    rotor_thrust = (thrust @ np.ones(4)).reshape(shape) if downwash else None  # before ground effect
 
     if "ground" in effects:
         # Shi et al. 2019 (Neural Lander) Eq. 15 per propeller, height clipped below (boost <= 4/15).
@@ -110,8 +112,7 @@ def rotor_wrench(
         f_drag_body[..., 2] *= params.drag_z
         force_world += rotate(rot, f_drag_body)
 
-    if "downwash" in effects and pos.shape[1] > 1:
-        rotor_thrust = (params.kf * rpm * rpm) @ np.ones(4)
+    if downwash:
         force_world[..., 2] += downwash_force_z(params, pos, rotor_thrust / (params.mass * G))
 
     if params.ext_force.any():
