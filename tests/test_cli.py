@@ -43,7 +43,7 @@ def test_bad_arguments_say_what_is_wrong() -> None:
 @pytest.mark.slow
 def test_demo_flies_the_formation_on_both_backends(tmp_path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "sim2real.cli", "demo", "--seconds", "4", "--num-drones", "6", "--out", str(tmp_path)],
+        [sys.executable, "-m", "sim2real.cli", "demo", "--seconds", "6", "--num-drones", "6", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,
