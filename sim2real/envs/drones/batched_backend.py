@@ -22,7 +22,7 @@ import numpy as np
 from sim2real.envs.drones.backend import Contacts, DroneBackend
 from sim2real.envs.drones.forces import rotor_wrench
 from sim2real.envs.drones.models import G
-from sim2real.envs.drones.pairs import pair_diff, sum_over_others
+from sim2real.envs.drones.pairs import pair_offsets, sum_over_others
 from sim2real.envs.drones.rotations import cross, norm3, quat_integrate_body_rates, quat_to_matrix
 
 GROUND_FRICTION = 0.5
@@ -96,9 +96,8 @@ class BatchedBackend(DroneBackend):
         """Drones whose collision cylinders (axis-aligned approximation) overlap another's ``[E, N]``."""
         if self.num_drones < 2:
             return np.zeros((self.num_envs, self.num_drones), dtype=bool)
-        x, y, z = np.ascontiguousarray(np.moveaxis(self.pos, -1, 0))
-        dx, dy = pair_diff(x), pair_diff(y)
+        dx, dy, dz = pair_offsets(self.pos)
         overlap = (dx * dx + dy * dy < (2.0 * self.model.collision_radius) ** 2) & (
-            np.abs(pair_diff(z)) < self.model.collision_height
+            np.abs(dz) < self.model.collision_height
         )
         return sum_over_others(overlap.astype(np.float64)) > 0

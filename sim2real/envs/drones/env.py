@@ -17,7 +17,7 @@ import numpy as np
 from sim2real.envs.drones.backend import make_backend
 from sim2real.envs.drones.control import PIDController
 from sim2real.envs.drones.models import DroneModel, get_model
-from sim2real.envs.drones.pairs import pair_diff, pair_table
+from sim2real.envs.drones.pairs import pair_offsets, pair_table
 from sim2real.envs.drones.rotations import quat_to_matrix, rpy_to_quat, tilt_angle
 from sim2real.envs.drones.tasks import TASK_CLASSES, task_arguments
 
@@ -345,8 +345,7 @@ class DroneSwarmEnv:
         obs[..., f["last_action"]] = self.last_action
         k = self.num_neighbors
         if k > 0:
-            x, y, z = np.ascontiguousarray(np.moveaxis(pos, -1, 0))
-            dx, dy, dz = pair_diff(x), pair_diff(y), pair_diff(z)
+            dx, dy, dz = pair_offsets(pos)
             order = np.argsort(dx * dx + dy * dy + dz * dz, axis=-1)[..., :k]  # [E, N, k] over the others
             nearest = pair_table(n)[1].reshape(n, n - 1)[np.arange(n)[:, None], order]
             env_idx = np.arange(e)[:, None, None]

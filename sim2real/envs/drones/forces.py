@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from sim2real.envs.drones.models import YAW_SIGNS, G, prop_unit_positions
-from sim2real.envs.drones.pairs import pair_diff, pair_source, sum_over_others
+from sim2real.envs.drones.pairs import pair_offsets, pair_source, sum_over_others
 from sim2real.envs.drones.params import DroneParams
 from sim2real.envs.drones.rotations import rotate, rotate_inv, sum4
 
@@ -133,12 +133,10 @@ def downwash_force_z(params: DroneParams, pos: np.ndarray, thrust_to_weight: np.
     force is scaled by that drone's rotor thrust over its weight, ``thrust_to_weight [E, N]`` (1 at hover,
     the default; 0 with its motors off).
     """
-    x, y, z = np.ascontiguousarray(np.moveaxis(pos, -1, 0))
-    dz = pair_diff(z)  # [E, i, others]: z_j - z_i
+    dx, dy, dz = pair_offsets(pos)  # [E, i, others]: p_j - p_i
     above = dz > 0.0
     if not above.any():
-        return np.zeros(z.shape)
-    dx, dy = pair_diff(x), pair_diff(y)
+        return np.zeros(pos.shape[:-1])
     dxy2 = dx * dx + dy * dy
     gap = np.maximum(dz, params.dw_min_gap[..., None])
     beta = params.dw_coeff[..., 1, None] * gap + params.dw_coeff[..., 2, None]

@@ -29,6 +29,12 @@ def pair_diff(values: np.ndarray) -> np.ndarray:
     return (values[:, j] - values[:, i]).reshape(e, n, n - 1)
 
 
+def pair_offsets(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``pos[:, j] - pos[:, i]`` per axis for every ordered pair: three ``[E, n, n - 1]`` arrays (pos ``[E, n, 3]``)."""
+    x, y, z = np.ascontiguousarray(np.moveaxis(pos, -1, 0))
+    return pair_diff(x), pair_diff(y), pair_diff(z)
+
+
 def pair_source(values: np.ndarray) -> np.ndarray:
     """``values[:, j]`` (the other drone of each pair), shape ``[E, n, n - 1]`` (values ``[E, n]``)."""
     e, n = values.shape

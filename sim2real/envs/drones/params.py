@@ -7,7 +7,7 @@ the step).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -63,10 +63,6 @@ class DroneParams:
             dw_coeff=full(model.dw_coeff),
             ext_force=full((0.0, 0.0, 0.0)),
         )
-
-    def array_fields(self) -> list[str]:
-        """Names of the array attributes."""
-        return [f.name for f in fields(self) if f.name != "frame"]
 
     @property
     def gnd_h_clip(self) -> np.ndarray:

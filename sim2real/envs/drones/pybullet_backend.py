@@ -43,7 +43,6 @@ class PyBulletBackend(DroneBackend):
         urdf = str(write_urdf(self.model))
         self.clients: list[int] = []
         self.body_ids: list[list[int]] = []
-        self.plane_ids: list[int] = []
         self._drone_index: list[dict[int, int]] = []
         for e in range(self.num_envs):
             client = pb.connect(pb.GUI if (gui and e == 0) else pb.DIRECT)
@@ -51,7 +50,7 @@ class PyBulletBackend(DroneBackend):
             pb.setGravity(0, 0, -G, physicsClientId=client)
             pb.setTimeStep(self.dt, physicsClientId=client)
             plane_shape = pb.createCollisionShape(pb.GEOM_PLANE, physicsClientId=client)
-            self.plane_ids.append(pb.createMultiBody(0, plane_shape, physicsClientId=client))
+            pb.createMultiBody(0, plane_shape, physicsClientId=client)  # the ground: the only non-drone body
             ids = []
             for i in range(self.num_drones):
                 body = pb.loadURDF(
