@@ -25,6 +25,7 @@ test: lint
 bench: setup
 	$(BIN)/python benchmarks/sim_throughput.py --out benchmarks/results/sim_throughput.json
 	$(BIN)/python benchmarks/physics_parity.py --out benchmarks/results/physics_parity.json
+	$(BIN)/python benchmarks/perturb_overhead.py --out benchmarks/results/perturb_overhead.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info

@@ -82,6 +82,63 @@ def demo_command(
     typer.echo(f"wrote {out / 'summary.json'}" + (f" and {summary['plot']}" if "plot" in summary else ""))
 
 
+perturb_app = typer.Typer(help="Perturbation specs: list the kinds, check a spec.", no_args_is_help=True)
+app.add_typer(perturb_app, name="perturb")
+
+
+@perturb_app.command("list")
+def perturb_list_command(
+    kind: str = typer.Argument(None, help="Show only kinds starting with this prefix, e.g. obs or dynamics.mass."),
+) -> None:
+    """Document every perturbation kind, its parameters and the parameters all kinds share."""
+    from sim2real.perturb import KINDS
+    from sim2real.perturb.spec import COMMON_PARAMS
+
+    chosen = [k for k in sorted(KINDS) if kind is None or k.startswith(kind)]
+    if not chosen:
+        raise typer.BadParameter(f"no kind starts with {kind!r}; prefixes: obs, action, dynamics, agents, timing, adv")
+    for name in chosen:
+        cls = KINDS[name]
+        typer.echo(f"{name}: {cls.summary}")
+        for pname, param in cls.params.items():
+            typer.echo(f"    {pname}: {param.describe()}")
+    typer.echo("\ncommon to every kind:")
+    for pname, param in COMMON_PARAMS.items():
+        typer.echo(f"    {pname}: {param.describe()}")
+    typer.echo("\nstring form: kind(key=value,...)+kind(...)")
+    typer.echo("  e.g. obs.gaussian(std=0.05,fields=pos)+agents.malicious(rate=0.05,mode=random)")
+
+
+@perturb_app.command("check")
+def perturb_check_command(
+    spec: str = typer.Argument(..., help="A spec: the string form, or a YAML file."),
+    env: str = typer.Option("drone-hover", help="Env whose observation layout and swarm the spec is checked against."),
+    num_drones: int = typer.Option(4, min=1, help="Swarm size to check agent selections against."),
+    action_type: str = typer.Option("vel", help="Action type: vel or rpm."),
+) -> None:
+    """Validate a spec against an env and explain what each perturbation will do."""
+    from sim2real.envs import make
+    from sim2real.perturb import SpecError, apply
+
+    try:
+        base = make(env, num_drones=num_drones, action_type=action_type)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+    try:
+        wrapped = apply(base, spec)
+    except SpecError as err:
+        typer.echo(f"invalid spec: {err}", err=True)
+        raise typer.Exit(2) from err
+    finally:
+        base.close()
+    typer.echo(f"valid: {len(wrapped.pipeline.items)} perturbation(s) on {env} ({num_drones} drones, {action_type})")
+    for line in wrapped.pipeline.explain():
+        typer.echo(f"  {line}")
+    needs = sorted({p.requires() for p in wrapped.pipeline.stage("attack")})
+    if needs:
+        typer.echo(f"  note: the attacks need an AttackTarget with {', '.join(needs)} at run time")
+
+
 def main() -> None:
     """Entry point of the ``sim2real`` script."""
     app()

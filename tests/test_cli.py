@@ -18,7 +18,7 @@ runner = CliRunner()
 def test_version_and_help_on_every_subcommand() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and __version__ in result.output
-    for sub in ([], ["envs"], ["demo"]):
+    for sub in ([], ["envs"], ["demo"], ["perturb"], ["perturb", "list"], ["perturb", "check"]):
         result = runner.invoke(app, [*sub, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output
 
@@ -31,6 +31,27 @@ def test_envs_lists_agents_and_spaces() -> None:
     assert "agents: 6" in result.output
     assert "Box(-1.0, 1.0, (4,), float32)" in result.output
     assert "rel_goals[18]" in result.output  # navigation: 6 goals x 3
+
+
+def test_perturb_list_documents_every_kind_and_check_explains_a_spec(tmp_path) -> None:
+    from sim2real.perturb import KINDS
+
+    result = runner.invoke(app, ["perturb", "list"])
+    assert result.exit_code == 0
+    for kind in KINDS:
+        assert f"{kind}:" in result.output
+    assert "agents: str" in result.output and "ramp: int" in result.output
+    spec = "obs.gaussian(std=0.05,fields=pos)+agents.malicious(rate=0.05,mode=random)+adv.pgd(eps=0.1)"
+    result = runner.invoke(app, ["perturb", "check", spec, "--num-drones", "3"])
+    assert result.exit_code == 0, result.output
+    assert "valid: 3 perturbation(s)" in result.output and "needs an AttackTarget" not in result.output
+    assert "the attacks need an AttackTarget with policy" in result.output
+    path = tmp_path / "suite.yaml"
+    path.write_text("perturbations:\n  - kind: dynamics.mass\n    scale: [0.8, 1.2]\n    agents: [5]\n")
+    result = runner.invoke(app, ["perturb", "check", str(path)])
+    assert result.exit_code == 2 and "perturbations[0] (dynamics.mass).agents" in result.output
+    result = runner.invoke(app, ["perturb", "check", "obs.gaussian(std=oops)"])
+    assert result.exit_code == 2 and "(obs.gaussian).std: expected a number" in result.output
 
 
 def test_bad_arguments_say_what_is_wrong() -> None:

@@ -26,13 +26,18 @@ ACTION_TYPES = ("vel", "rpm")
 
 @dataclass(frozen=True)
 class ObsField:
-    """One named slice of the per-agent observation vector."""
+    """One named slice of the per-agent observation vector.
+
+    ``sensor`` names the measurement the field comes from (``position``, ``velocity``, ``attitude``, ``gyro``,
+    ``task`` or ``command``); perturbations can select fields by sensor.
+    """
 
     name: str
     start: int
     size: int
     unit: str
     description: str
+    sensor: str
 
     @property
     def slice(self) -> slice:
@@ -188,20 +193,20 @@ class DroneSwarmEnv:
     def _build_layout(self) -> list[ObsField]:
         k = self.num_neighbors
         spec = [
-            ("rel_target", 3, "m", "target position minus own position (world frame)"),
-            ("target_vel", 3, "m/s", "target velocity (world frame)"),
-            ("altitude", 1, "m", "height of the centre of mass above the ground"),
-            ("vel", 3, "m/s", "own velocity (world frame)"),
-            ("rot", 9, "-", "body-to-world rotation matrix, row-major"),
-            ("ang_vel", 3, "rad/s", "body rates (body frame)"),
-            ("last_action", self.act_dim, "-", "previous action in [-1, 1]"),
-            ("nbr_rel_pos", 3 * k, "m", f"{k} nearest drones' positions minus own, nearest first"),
-            ("nbr_rel_vel", 3 * k, "m/s", f"{k} nearest drones' velocities minus own, same order"),
+            ("rel_target", 3, "m", "target position minus own position (world frame)", "position"),
+            ("target_vel", 3, "m/s", "target velocity (world frame)", "task"),
+            ("altitude", 1, "m", "height of the centre of mass above the ground", "position"),
+            ("vel", 3, "m/s", "own velocity (world frame)", "velocity"),
+            ("rot", 9, "-", "body-to-world rotation matrix, row-major", "attitude"),
+            ("ang_vel", 3, "rad/s", "body rates (body frame)", "gyro"),
+            ("last_action", self.act_dim, "-", "previous action in [-1, 1]", "command"),
+            ("nbr_rel_pos", 3 * k, "m", f"{k} nearest drones' positions minus own, nearest first", "position"),
+            ("nbr_rel_vel", 3 * k, "m/s", f"{k} nearest drones' velocities minus own, same order", "velocity"),
         ]
-        spec += [(name, size, unit, "task field") for name, size, unit in self.task.extra_fields]
+        spec += [(name, size, unit, "task field", sensor) for name, size, unit, sensor in self.task.extra_fields]
         layout, start = [], 0
-        for name, size, unit, desc in spec:
-            layout.append(ObsField(name, start, size, unit, desc))
+        for name, size, unit, desc, sensor in spec:
+            layout.append(ObsField(name, start, size, unit, desc, sensor))
             start += size
         return layout
 

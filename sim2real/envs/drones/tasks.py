@@ -55,7 +55,7 @@ class SwarmTask:
     """
 
     name = "base"
-    extra_fields: tuple[tuple[str, int, str], ...] = ()
+    extra_fields: tuple[tuple[str, int, str, str], ...] = ()  # (name, size, unit, sensor)
     """Task-specific observation fields: (name, size, unit)."""
 
     def __init__(
@@ -175,7 +175,7 @@ class NavigationTask(SwarmTask):
 
     def __init__(self, num_drones: int, num_envs: int, *, cover_radius: float = 0.1, **kwargs) -> None:
         super().__init__(num_drones, num_envs, **kwargs)
-        self.extra_fields = (("rel_goals", 3 * num_drones, "m"),)
+        self.extra_fields = (("rel_goals", 3 * num_drones, "m", "position"),)
         self.cover_radius = cover_radius
 
     def _rel_goals(self, pos: np.ndarray) -> np.ndarray:
