@@ -10,6 +10,8 @@ delivered at once. The log records each hit step where the used message is stale
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from sim2real.perturb.base import Perturbation
@@ -23,7 +25,7 @@ ON = Param(
 )
 
 
-class TimingFault(Perturbation):
+class TimingFault(Perturbation, ABC):
     """Base of the timing kinds: subclasses give :meth:`latency` (steps per message, inf = lost)."""
 
     channel = "timing"
@@ -48,8 +50,9 @@ class TimingFault(Perturbation):
     def reset_state(self, env_ids: np.ndarray) -> None:
         self.fresh[env_ids] = True
 
+    @abstractmethod
     def latency(self, hit: np.ndarray, strength: np.ndarray, t: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Latency ``[E, N]`` in steps (``inf``: lost) of the messages sent at steps ``t [E, N]``."""
 
     def apply(self, x: np.ndarray, episode_step: np.ndarray, global_step: int) -> np.ndarray:
         """The message each agent uses at this step, given the one it was sent now ``x [E, N, D]``."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from sim2real.perturb.base import Perturbation, change_norm
@@ -13,7 +15,7 @@ FIELDS = Param(
 DIMS = Param("ints", None, "Action dimensions hit (motor indices for rpm actions); none = all.", low=0)
 
 
-class ValuePerturbation(Perturbation):
+class ValuePerturbation(Perturbation, ABC):
     """Changes selected columns of ``x [E, N, D]`` for the hit agents.
 
     Observation kinds select columns with ``fields``, action kinds with ``dims``. Subclasses implement
@@ -67,8 +69,9 @@ class ValuePerturbation(Perturbation):
         self.record(events, change, episode_step, global_step)
         return out
 
+    @abstractmethod
     def transform(self, x: np.ndarray, hit: np.ndarray, strength: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Perturbed values of the selected columns ``x [E, N, C]`` for every agent (``strength [E]``)."""
 
 
 class DelayLine:
