@@ -159,12 +159,7 @@ def test_episode_probability_ramp_and_switch():
 
 
 def run_actions(p: Pipeline, acts: np.ndarray) -> np.ndarray:
-    last = np.zeros_like(acts[0])
-    out = []
-    for t, a in enumerate(acts):
-        last = p.actions(a, last, None, np.full(a.shape[0], t), t)
-        out.append(last)
-    return np.stack(out)
+    return np.stack([p.actions(a, None, np.full(a.shape[0], t), t) for t, a in enumerate(acts)])
 
 
 def test_action_faults():
@@ -199,6 +194,28 @@ def test_malicious_rate_and_count(mode):
     assert p.log.counts()["0:agents.malicious"]["events"] == changed.sum()
 
 
+def test_frozen_teammate_repeats_its_command_through_actuator_faults():
+    # the frozen command is taken before the actuator stage, so a scaled actuator does not compound it
+    p = pipeline("agents.malicious(mode=frozen,rate=1,agents=[0],start=1)+action.scale(factor=0.5)", 1, 2)
+    out = run_actions(p, np.full((5, 1, 2, 2), 0.8, np.float32))
+    assert np.allclose(out[:, 0, 0, 0], 0.4)
+
+
+def test_seeds_are_keyed_by_entry_not_position():
+    xs = np.zeros((3, 4, 2, 8), np.float32)
+    alone = run_obs(pipeline("obs.gaussian(std=1)", 4, 2), xs)
+    with_others = run_obs(pipeline("action.noise(std=1)+obs.bias(value=1,fields=gyro)+obs.gaussian(std=1)", 4, 2), xs)
+    assert np.array_equal(alone[..., :6], with_others[..., :6])
+
+
+def test_numbers_in_exponent_notation_are_read():
+    from sim2real.perturb import SpecError, parse_spec
+
+    assert parse_spec("obs.gaussian(std=1e-3)").perturbations[0].params["std"] == 1e-3
+    with pytest.raises(SpecError, match="expected a finite number"):
+        parse_spec("obs.delay(steps=.inf)")
+
+
 def test_ground_truth_log_records_what_happened():
     p = pipeline("obs.bias(value=0.5,fields=pos,agents=[1],name=gps)", 3, 2)
     run_obs(p, np.zeros((4, 3, 2, 8), np.float32))
@@ -206,3 +223,15 @@ def test_ground_truth_log_records_what_happened():
     assert len(rows) == 12 and {r["agent"] for r in rows} == {1} and {r["name"] for r in rows} == {"gps"}
     assert np.allclose([r["magnitude"] for r in rows], 0.5 * np.sqrt(3))
     assert sorted({r["episode_step"] for r in rows}) == [0, 1, 2, 3]
+
+
+def test_info_reports_clean_observations_and_executed_actions_through_episode_ends():
+    env = make("drone-hover", num_envs=2, num_drones=2, episode_len_s=0.1)
+    penv = apply(env, "action.scale(factor=2)+obs.bias(value=1)", seed=0)
+    penv.reset()
+    for _ in range(3):  # 0.1 s at 30 Hz: the third step ends the episodes
+        obs, *_, info = penv.step(np.full((2, 2, 3), 0.75, np.float32))
+        assert np.all(info["executed_action"] == 1.0), "scaled to 1.5, clipped to 1, also on the last step"
+        assert np.allclose(obs - info["clean_obs"], 1.0)
+    assert "final_obs" in info and info["done_env"].all()
+    env.close()

@@ -11,7 +11,8 @@ dimensions when the policy returns a ``torch.distributions.Distribution``, the s
 returns actions (a deterministic policy). ``critic`` minimises ``Q(o, mu(o + delta))`` with the target's
 ``action_critic`` (``mu`` is the distribution mean for stochastic policies).
 
-**PGD** (Madry et al.; research/robust-marl.md 2.5): random start uniform in the ball (optional), then ``steps``
+**PGD** (Madry et al.; research/robust-marl.md 2.5): random start uniform in the ball (optional; without
+it the divergence objective starts at the same tiny random point as FGSM below), then ``steps``
 iterations of ``delta += step_size * sign(g)`` (l-inf) or ``step_size * g / ||g||_2`` (l2), each followed by
 the projection back onto the ball. Default ``step_size = 2.5 eps / steps`` (``eps / 4`` at 10 steps).
 **FGSM** is one step of size ``eps`` from ``delta = 0``; for the divergence objective the gradient at 0 is
@@ -138,18 +139,16 @@ def gradient_attack(
         return -target.action_critic(o, _mean_action(out))
 
     if fgsm:
-        start = (
-            torch.randn(o.shape, generator=generator) * 1e-3 * e * mask
-            if objective == "divergence"
-            else torch.zeros_like(o)
-        )
-        delta = start.requires_grad_(True)
+        delta = _tiny_start(o, e, mask, objective, generator).requires_grad_(True)
         (g,) = torch.autograd.grad(loss_fn(delta).sum(), delta)
         g = g * mask
         step = e * torch.sign(g) if norm == "linf" else e * g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         delta = project(step, e, norm)
     else:
-        delta = random_in_ball(tuple(o.shape), e, norm, mask, generator) if random_start else torch.zeros_like(o)
+        if random_start:
+            delta = random_in_ball(tuple(o.shape), e, norm, mask, generator)
+        else:  # the divergence has zero gradient at 0: start a hair away from it, as FGSM does
+            delta = _tiny_start(o, e, mask, objective, generator)
         for _ in range(steps):
             delta = delta.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(loss_fn(delta).sum(), delta)
@@ -160,6 +159,15 @@ def gradient_attack(
                 delta = delta + eta * g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             delta = project(delta, e, norm)
     return (o + delta.detach() * scale).numpy()
+
+
+def _tiny_start(o, eps, mask, objective: str, generator):
+    """Zero for the critic objective; ``N(0, (1e-3 eps)^2)`` for the divergence, whose gradient vanishes at 0."""
+    import torch
+
+    if objective != "divergence":
+        return torch.zeros_like(o)
+    return torch.randn(o.shape, generator=generator) * 1e-3 * eps * mask
 
 
 def _detach_distribution(dist: Any) -> Any:

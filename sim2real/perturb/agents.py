@@ -13,7 +13,10 @@ from sim2real.perturb.spec import Param, PerturbationSpec, SpecError
 class Malicious(Perturbation):
     """With probability ``rate`` per step and env, ``k`` of the selected agents act maliciously.
 
-    Modes: ``random`` (uniform in [-1, 1]), ``frozen`` (repeats the action it executed on the previous step),
+    The ``k`` agents are drawn anew at every event; for a fixed malicious teammate select it with ``agents``
+    (e.g. ``agents=[2]``, or ``agents=random:K`` with ``k=K``). Modes: ``random`` (uniform in [-1, 1]),
+    ``frozen`` (repeats the command it sent on the previous step, as it left this stage: the zero action at
+    an episode's start),
     ``inverted`` (``-a``) and ``adversarial``: the greedy search of ERNIE-A (Bukharin et al. 2023, Eq. 5 and
     the paragraph after it): ``k`` times, over the not yet changed agents ``i`` and candidate actions ``b``,
     pick the single change that most lowers the centralised critic ``Q(s, a'_{-i}, b)`` and apply it. ERNIE-A
@@ -44,10 +47,11 @@ class Malicious(Perturbation):
     @classmethod
     def validate(cls, where: str, spec: PerturbationSpec) -> None:
         agents = spec.agents
-        if isinstance(agents, list) and spec.params["k"] > len(agents):
-            raise SpecError(
-                f"{where}.k: {spec.params['k']} malicious agents but only {len(agents)} selected by 'agents'"
-            )
+        k = spec.params["k"]
+        if isinstance(agents, list) and k > len(agents):
+            raise SpecError(f"{where}.k: {k} malicious agents but only {len(agents)} selected by 'agents'")
+        if isinstance(agents, str) and agents.startswith("random:") and k > int(agents[7:]):
+            raise SpecError(f"{where}.k: {k} malicious agents but only {agents[7:]} selected by 'agents'")
 
     def setup(self) -> None:
         if self.p["k"] > self.ctx.num_agents:
@@ -57,20 +61,24 @@ class Malicious(Perturbation):
             if a > 6:
                 raise SpecError(f"{self.where}: adversarial mode enumerates 2^A action corners; A = {a} is too large")
             self.corners = np.array(list(itertools.product((-1.0, 1.0), repeat=a)), dtype=np.float32)
+        self.previous = np.zeros((self.ctx.num_envs, self.ctx.num_agents, a), dtype=np.float32)
+
+    def reset_state(self, env_ids: np.ndarray) -> None:
+        self.previous[env_ids] = 0.0
 
     def apply(
-        self, actions: np.ndarray, last_actions: np.ndarray, obs: np.ndarray, episode_step: np.ndarray, global_step: int
+        self, actions: np.ndarray, obs: np.ndarray | None, episode_step: np.ndarray, global_step: int
     ) -> np.ndarray:
         """Actions ``[E, N, A]`` after replacement.
 
-        ``last_actions`` are the actions executed on the previous step, ``obs`` the clean observations (the
-        critic's input).
+        ``obs`` are the clean observations (the critic's input; only ``adversarial`` needs them).
         """
         hit, strength = self.gate(episode_step, global_step)
         e, n = actions.shape[:2]
         event = self.rng.random(e) < self.p["rate"] * strength
         eligible = hit & event[:, None]
         if not eligible.any():
+            self.previous = actions.copy()
             return actions
         k = self.p["k"]
         if self.p["mode"] == "adversarial":
@@ -83,10 +91,11 @@ class Malicious(Perturbation):
             if mode == "random":
                 replacement = self.rng.uniform(-1.0, 1.0, actions.shape).astype(np.float32)
             elif mode == "frozen":
-                replacement = last_actions
+                replacement = self.previous
             else:
                 replacement = -actions
         out = np.where(chosen[..., None], replacement, actions).astype(np.float32)
+        self.previous = out
         self.record(chosen, change_norm(actions, out), episode_step, global_step)
         return out
 

@@ -9,6 +9,7 @@ Within a stage perturbations run in spec order. ``dynamics.*`` write simulator p
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,17 @@ class Pipeline:
         self.seed(self.spec.seed if seed is None else seed)
 
     def seed(self, seed: int | list[int] | None) -> None:
-        """(Re)seed and rebind every perturbation: all state restarts, switches keep their position."""
-        children = np.random.SeedSequence(seed).spawn(len(self.items))
-        for p, child in zip(self.items, children, strict=True):
+        """(Re)seed and rebind every perturbation: all state restarts, switches keep their position.
+
+        Each perturbation's stream is keyed by its name, or by its kind and its rank among entries of that
+        kind, so adding other kinds to a spec does not change its draws.
+        """
+        root = np.random.SeedSequence(seed)
+        seen: dict[str, int] = {}
+        for p in self.items:
+            key = p.spec.name or f"{p.kind}#{seen.get(p.kind, 0)}"
+            seen[p.kind] = seen.get(p.kind, 0) + 1
+            child = np.random.SeedSequence([*root.generate_state(4), zlib.crc32(key.encode())])
             p.bind(self.ctx, np.random.default_rng(child), self.log)
 
     def stage(self, name: str) -> list[Perturbation]:
@@ -64,14 +73,13 @@ class Pipeline:
     def actions(
         self,
         actions: np.ndarray,
-        last_actions: np.ndarray,
         obs: np.ndarray | None,
         episode_step: np.ndarray,
         global_step: int,
     ) -> np.ndarray:
         """Actions ``[E, N, A]`` as the robots receive them."""
         for p in self.stage("agents"):
-            actions = p.apply(actions, last_actions, obs, episode_step, global_step)
+            actions = p.apply(actions, obs, episode_step, global_step)
         for name in ("action_timing", "action"):
             for p in self.stage(name):
                 actions = p.apply(actions, episode_step, global_step)

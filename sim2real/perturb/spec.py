@@ -123,14 +123,19 @@ class Spec:
 
 # ----------------------------------------------------------------------------- value checks
 def _number(where: str, value: Any, integer: bool) -> float | int:
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpecError(f"{where}: expected {'an integer' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise SpecError(f"{where}: expected a finite number, got {value!r}")
     if integer:
         if float(value) != int(value):
             raise SpecError(f"{where}: expected an integer, got {value!r}")
         return int(value)
-    if not math.isfinite(value):
-        raise SpecError(f"{where}: expected a finite number, got {value!r}")
     return float(value)
 
 
@@ -281,7 +286,7 @@ def _entry(where: str, raw: Any) -> PerturbationSpec:
 
 
 def parse_spec(spec: Spec | dict | list | str | Path | None) -> Spec:
-    """Validate a spec given as a :class:`Spec`, dict, list of entries, YAML file, YAML text or string form."""
+    """Validate a spec given as a :class:`Spec`, a dict, a list of entries, a YAML file path or the string form."""
     if spec is None:
         return Spec()
     if isinstance(spec, Spec):

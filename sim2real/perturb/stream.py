@@ -61,18 +61,21 @@ class StreamPerturber:
                     raise SpecError(f"{p.where}: acts on commands but this stream has no command (act_dim=0)")
         self.log = self.pipeline.log
         self.agent = agent
-        self.obs_step = 0
+        self.obs_step = 0  # episode steps of each stream
         self.act_step = 0
+        self._global_obs = 0  # steps since construction (the `global` clock)
+        self._global_act = 0
+        self._pending_reset = False  # construction already started the first episode
         self._obs = np.zeros((1, num_agents, ctx.obs_dim), dtype=np.float32)
         self._act = np.zeros((1, num_agents, act_dim), dtype=np.float32)
-        self._last_act = np.zeros_like(self._act)
 
     def reset(self) -> None:
-        """A new episode (run): agent selection, schedules and state restart."""
-        self.pipeline.reset(np.array([0]))
+        """A new episode (run): agent selection, schedules and state restart (before the first message: no-op)."""
+        if self._pending_reset:
+            self.pipeline.reset(np.array([0]))
+        self._pending_reset = False
         self.obs_step = 0
         self.act_step = 0
-        self._last_act[:] = 0.0
 
     def set_enabled(self, on: bool, name: str | None = None) -> None:
         self.pipeline.set_enabled(on, name)
@@ -86,17 +89,20 @@ class StreamPerturber:
         """The observation message to pass on now, or None when nothing new is delivered (lost or late)."""
         self._obs[0, self.agent] = self._check(message, self._obs.shape[-1], "observation")
         step = np.array([self.obs_step])
-        out = self.pipeline.observations(self._obs.copy(), step, self.obs_step)
+        out = self.pipeline.observations(self._obs.copy(), step, self._global_obs)
         self.obs_step += 1
+        self._global_obs += 1
+        self._pending_reset = True
         return out[0, self.agent].copy() if self._fresh("obs_timing") else None
 
     def command(self, message: np.ndarray) -> np.ndarray | None:
         """The command message to pass on now, or None when nothing new is delivered."""
         self._act[0, self.agent] = self._check(message, self._act.shape[-1], "command")
         step = np.array([self.act_step])
-        out = self.pipeline.actions(self._act.copy(), self._last_act, None, step, self.act_step)
-        self._last_act = out
+        out = self.pipeline.actions(self._act.copy(), None, step, self._global_act)
         self.act_step += 1
+        self._global_act += 1
+        self._pending_reset = True
         return out[0, self.agent].copy() if self._fresh("action_timing") else None
 
     @staticmethod

@@ -62,7 +62,7 @@ class PerturbedEnv:
         touched = {t for p in self._scales for t in p.targets} | ({"ext_force"} if self._forces else set())
         self._nominal = {name: getattr(params, name).copy() for name in touched}
         shape = (env.num_envs, env.num_agents)
-        self._last_action = np.zeros((*shape, env.act_dim), dtype=np.float32)
+        self._action_shape = (*shape, env.act_dim)
         self._clean_obs: np.ndarray | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -86,7 +86,6 @@ class PerturbedEnv:
         elif self._pending_reset:
             self.pipeline.reset(np.arange(self.env.num_envs))
         self._pending_reset = True
-        self._last_action[:] = 0.0
         self._clean_obs = obs
         info["clean_obs"] = obs
         return self.pipeline.observations(obs, self.env.steps.copy(), self.global_step), info
@@ -95,22 +94,20 @@ class PerturbedEnv:
         """Perturb ``actions [E, N, A]``, step the env, perturb its observations; see the env's ``step``."""
         env = self.env
         actions = np.asarray(actions, dtype=np.float32)
-        if actions.shape != self._last_action.shape:
-            expected = self._last_action.shape
+        if actions.shape != self._action_shape:
+            expected = self._action_shape
             raise ValueError(f"actions must have shape {expected} (num_envs, num_agents, act_dim), got {actions.shape}")
         if self._clean_obs is None:
             raise RuntimeError("call reset() before step()")
         episode_step = env.steps.copy()
-        actions = self.pipeline.actions(actions, self._last_action, self._clean_obs, episode_step, self.global_step)
+        actions = self.pipeline.actions(actions, self._clean_obs, episode_step, self.global_step)
         self._apply_dynamics(episode_step)
         obs, reward, terminated, truncated, info = env.step(actions)
         executed = np.clip(actions, -1.0, 1.0)
         self.global_step += 1
-        self._last_action = executed
         done = np.nonzero(info["done_env"])[0]
         if len(done) and getattr(env, "auto_reset", True):
             self.pipeline.reset(done)
-            self._last_action[done] = 0.0
         self._clean_obs = obs
         info["clean_obs"] = obs
         info["executed_action"] = executed
