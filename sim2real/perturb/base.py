@@ -152,19 +152,11 @@ class EventLog:
                 )
         return out
 
-    def array(self, name: str) -> np.ndarray:
-        """Kept rows of one perturbation as ``[rows, 5]``: global step, episode step, env, agent, magnitude."""
-        chunks = [rows for _, n, rows in self._chunks if n == name]
-        return np.concatenate(chunks) if chunks else np.zeros((0, 5))
-
     def counts(self) -> dict[str, dict[str, float]]:
         """Per perturbation name: number of hits and mean magnitude (over every hit, kept or not)."""
         return {
             name: {"events": n, "mean_magnitude": self._magnitude_sums[name] / n} for name, n in self._counts.items()
         }
-
-    def clear(self) -> None:
-        self.__init__(self.capacity)
 
 
 class Perturbation:

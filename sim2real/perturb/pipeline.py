@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -106,6 +105,3 @@ class Pipeline:
 
     def explain(self) -> list[str]:
         return [f"[{p.name}] {p.explain()}" for p in self.items]
-
-    def describe(self) -> dict[str, Any]:
-        return {"spec": self.spec.to_dict(), "enabled": {p.name: p.enabled for p in self.items}}
