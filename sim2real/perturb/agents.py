@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 
-from sim2real.perturb.base import Perturbation, change_norm
+from sim2real.perturb.base import Perturbation, change_norm, drawn_count
 from sim2real.perturb.spec import Param, PerturbationSpec, SpecError
 
 
@@ -50,8 +50,9 @@ class Malicious(Perturbation):
         k = spec.params["k"]
         if isinstance(agents, list) and k > len(agents):
             raise SpecError(f"{where}.k: {k} malicious agents but only {len(agents)} selected by 'agents'")
-        if isinstance(agents, str) and agents.startswith("random:") and k > int(agents[7:]):
-            raise SpecError(f"{where}.k: {k} malicious agents but only {agents[7:]} selected by 'agents'")
+        drawn = drawn_count(agents, k) if isinstance(agents, str) and agents.startswith("random:") else None
+        if drawn is not None and k > drawn:
+            raise SpecError(f"{where}.k: {k} malicious agents but only {drawn} selected by 'agents'")
 
     def setup(self) -> None:
         if self.p["k"] > self.ctx.num_agents:

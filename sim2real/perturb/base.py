@@ -159,6 +159,15 @@ class EventLog:
         }
 
 
+def drawn_count(agents: str | list[int], num_agents: int) -> int | None:
+    """How many agents a ``random:K`` / ``fraction:F`` selector draws per episode; None for ``all`` or a list."""
+    if isinstance(agents, str) and agents.startswith("random:"):
+        return int(agents[len("random:") :])
+    if isinstance(agents, str) and agents.startswith("fraction:"):
+        return round(float(agents[len("fraction:") :]) * num_agents)
+    return None
+
+
 class Perturbation:
     """Base of every perturbation kind.
 
@@ -210,9 +219,10 @@ class Perturbation:
             raise SpecError(
                 f"{self.where}.agents: {agents} names agent {max(agents)} but there are {n} agents (0..{n - 1})"
             )
-        if isinstance(agents, str) and agents.startswith("random:") and int(agents[7:]) > n:
+        count = drawn_count(agents, n)
+        if count is not None and count > n:
             raise SpecError(f"{self.where}.agents: {agents} asks for more agents than the {n} there are")
-        if isinstance(agents, str) and agents.startswith("fraction:") and round(float(agents[9:]) * n) < 1:
+        if count is not None and count < 1:
             raise SpecError(f"{self.where}.agents: {agents} of {n} agents selects none; raise the fraction")
         self.agent_mask = np.zeros((e, n), dtype=bool)
         self.episode_on = np.ones(e, dtype=bool)
@@ -234,10 +244,9 @@ class Perturbation:
         elif isinstance(agents, list):
             self.agent_mask[env_ids] = False
             self.agent_mask[np.ix_(env_ids, agents)] = True
-        else:
-            count = int(agents[7:]) if agents.startswith("random:") else round(float(agents[9:]) * n)
-            ranks = np.argsort(self.rng.random((k, n)), axis=1)
-            self.agent_mask[env_ids] = ranks < count
+        else:  # a uniform random permutation per env; the agents holding its first `count` values are hit
+            perm = np.argsort(self.rng.random((k, n)), axis=1)
+            self.agent_mask[env_ids] = perm < drawn_count(agents, n)
         self.episode_on[env_ids] = self.rng.random(k) < self.spec.prob
         self.reset_state(env_ids)
 
