@@ -82,6 +82,99 @@ def demo_command(
     typer.echo(f"wrote {out / 'summary.json'}" + (f" and {summary['plot']}" if "plot" in summary else ""))
 
 
+@app.command("train")
+def train_command(
+    config: Path = typer.Argument(None, help="A YAML run config (docs/training.md); options below override it."),
+    env: str = typer.Option(None, help="Env name, e.g. drone-hover (config: env.name)."),
+    num_drones: int = typer.Option(None, min=1, help="Agents per env (env.num_drones)."),
+    num_envs: int = typer.Option(None, min=1, help="Envs stepped together (env.num_envs)."),
+    action_type: str = typer.Option(None, help="vel or rpm (env.action_type)."),
+    algo: str = typer.Option(None, help="mappo (centralised critic) or ippo (algo)."),
+    steps: float = typer.Option(None, help="Env steps to train, e.g. 2e6 (train.total_steps)."),
+    time_limit: float = typer.Option(None, help="Stop after this many seconds of training (train.time_limit_s)."),
+    seed: int = typer.Option(None, min=0, help="Random seed (seed)."),
+    set_: list[str] = typer.Option(None, "--set", help="Any field as dotted.key=value, e.g. --set train.lr=3e-4."),
+    out: Path = typer.Option(None, help="Run directory (default runs/<name or env-algo-seed>)."),
+    resume: Path = typer.Option(None, help="Continue the run in this directory from its latest checkpoint."),
+    overwrite: bool = typer.Option(False, help="Start over in --out even if it holds a run."),
+    progress: bool = typer.Option(True, help="Show the progress bar."),
+) -> None:
+    """Train a policy (MAPPO/IPPO on the batched backend); checkpoints and resume included."""
+    import yaml
+
+    from sim2real.config import ConfigError, load, set_field, validate
+    from sim2real.train import RunError, Trainer
+
+    try:
+        if resume is not None:
+            given = {
+                "config": config,
+                "--env": env,
+                "--num-drones": num_drones,
+                "--num-envs": num_envs,
+                "--action-type": action_type,
+                "--algo": algo,
+                "--seed": seed,
+                "--set": set_,
+                "--out": out,
+            }
+            fixed = [name for name, value in given.items() if value]
+            if fixed:
+                raise typer.BadParameter(
+                    f"{', '.join(fixed)} cannot change a resumed run; only --steps and --time-limit can",
+                    param_hint="--resume",
+                )
+            overrides = {k: v for k, v in (("train.total_steps", steps), ("train.time_limit_s", time_limit)) if v}
+            trainer = Trainer.resume(resume, overrides=overrides, progress=progress)
+            typer.echo(f"resuming {resume} at update {trainer.update_idx} ({trainer.env_steps} env steps)")
+        else:
+            data = load(config).model_dump(mode="json") if config is not None else {}
+            options = {
+                "env.name": env,
+                "env.num_drones": num_drones,
+                "env.num_envs": num_envs,
+                "env.action_type": action_type,
+                "algo": algo,
+                "train.total_steps": steps,
+                "train.time_limit_s": time_limit,
+                "seed": seed,
+            }
+            for key, value in options.items():
+                if value is not None:
+                    set_field(data, key, value)
+            for item in set_ or []:
+                key, sep, value = item.partition("=")
+                if not sep or not key:
+                    raise typer.BadParameter(f"{item!r} is not dotted.key=value", param_hint="--set")
+                set_field(data, key.strip(), yaml.safe_load(value))
+            run = validate(data)
+            run_dir = out or Path("runs") / (run.name or f"{run.env.name}-{run.algo}-s{run.seed}")
+            trainer = Trainer.create(run, run_dir, progress=progress, overwrite=overwrite)
+            typer.echo(
+                f"training {run.algo} on {run.env.name} ({run.env.num_drones} drones, "
+                f"{run.env.num_envs} envs) -> {run_dir}"
+            )
+    except (ConfigError, RunError) as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from err
+    summary = trainer.train()
+    typer.echo(
+        f"{summary['stopped_by']}: {summary['env_steps']} env steps in {summary['wall_clock_s']:.1f} s "
+        f"({summary['env_steps_per_s']:.0f} steps/s); checkpoints in {trainer.run_dir / 'checkpoints'}"
+    )
+    if "eval" in summary:
+        ev = summary["eval"]
+        line = (
+            f"eval ({ev['episodes']} episodes): return {ev['mean_return']:.1f}, "
+            f"position error {ev['mean_position_error_m']:.3f} m, collisions {ev['collisions']}"
+        )
+        if "goal_coverage" in ev:
+            line += f", goal coverage {ev['goal_coverage']:.2f}"
+        typer.echo(line)
+    if summary["stopped_by"] == "interrupt":
+        typer.echo(f"continue with: sim2real train --resume {trainer.run_dir}")
+
+
 perturb_app = typer.Typer(help="Perturbation specs: list the kinds, check a spec.", no_args_is_help=True)
 app.add_typer(perturb_app, name="perturb")
 

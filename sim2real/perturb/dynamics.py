@@ -75,7 +75,9 @@ class ScaleShift(Perturbation):
 def _scale_kind(name: str, targets: tuple[str, ...], text: str, with_motors: bool = False) -> type[ScaleShift]:
     params = {"scale": SCALE, **({"motors": MOTORS} if with_motors else {})}
     attrs = {"kind": f"dynamics.{name}", "targets": targets, "summary": text, "params": params}
-    return type(f"Scale_{name}", (ScaleShift,), attrs)
+    cls = type(f"Scale_{name}", (ScaleShift,), attrs)
+    globals()[cls.__name__] = cls  # a module attribute, so perturbed envs pickle (training checkpoints)
+    return cls
 
 
 SCALE_KINDS = (

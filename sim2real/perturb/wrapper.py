@@ -66,6 +66,8 @@ class PerturbedEnv:
         self._clean_obs: np.ndarray | None = None
 
     def __getattr__(self, name: str) -> Any:
+        if "env" not in self.__dict__:  # while unpickling: no wrapped env to forward to yet
+            raise AttributeError(name)
         return getattr(self.env, name)
 
     # ------------------------------------------------------------------ control
