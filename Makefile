@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-train clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ bench: setup
 	$(BIN)/python benchmarks/sim_throughput.py --out benchmarks/results/sim_throughput.json
 	$(BIN)/python benchmarks/physics_parity.py --out benchmarks/results/physics_parity.json
 	$(BIN)/python benchmarks/perturb_overhead.py --out benchmarks/results/perturb_overhead.json
+
+# Training wall-clock benchmarks (about 25 minutes: 1 + 5 + 15 minutes of training plus evaluation).
+bench-train: setup
+	$(BIN)/python benchmarks/train_drones.py --task hover1 --out benchmarks/results/train_hover1.json
+	$(BIN)/python benchmarks/train_drones.py --task hover4 --out benchmarks/results/train_hover4.json
+	$(BIN)/python benchmarks/train_drones.py --task nav4 --out benchmarks/results/train_nav4.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info

@@ -118,13 +118,14 @@ def train_command(
                 "--set": set_,
                 "--out": out,
             }
-            fixed = [name for name, value in given.items() if value]
+            fixed = [name for name, value in given.items() if value is not None]
             if fixed:
                 raise typer.BadParameter(
                     f"{', '.join(fixed)} cannot change a resumed run; only --steps and --time-limit can",
                     param_hint="--resume",
                 )
-            overrides = {k: v for k, v in (("train.total_steps", steps), ("train.time_limit_s", time_limit)) if v}
+            pairs = (("train.total_steps", steps), ("train.time_limit_s", time_limit))
+            overrides = {k: v for k, v in pairs if v is not None}
             trainer = Trainer.resume(resume, overrides=overrides, progress=progress)
             typer.echo(f"resuming {resume} at update {trainer.update_idx} ({trainer.env_steps} env steps)")
         else:

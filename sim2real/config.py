@@ -87,7 +87,7 @@ class PolicyConfig(_Strict):
 class TrainConfig(_Strict):
     """PPO hyperparameters and the run's length."""
 
-    total_steps: float = Field(2e6, gt=0, description="env steps (summed over the envs)")
+    total_steps: float = Field(2e6, gt=0, le=1e13, description="env steps (summed over the envs)")
     time_limit_s: float | None = Field(None, gt=0, description="stop after this wall-clock time [s]")
     rollout_steps: int = Field(32, ge=1, le=4096, description="control steps per env per update")
     epochs: int = Field(5, ge=1, le=100)
@@ -113,7 +113,7 @@ class RunConfig(_Strict):
     """One training run. ``algo``: ``mappo`` (centralised critic) or ``ippo`` (decentralised critics)."""
 
     name: str | None = None
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     algo: Literal["mappo", "ippo"] = "mappo"
     env: EnvConfig = Field(default_factory=EnvConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
@@ -132,12 +132,7 @@ class RunConfig(_Strict):
                 f"env.num_envs x train.rollout_steps = {batch}"
             )
         if self.perturbations is not None:
-            from sim2real.perturb.spec import SpecError, parse_spec
-
-            try:
-                parse_spec(self.perturbations)
-            except SpecError as err:
-                raise ValueError(f"perturbations: {err}") from None
+            check_training_perturbations(self)
         return self
 
     @property
@@ -149,6 +144,33 @@ class RunConfig(_Strict):
     def num_updates(self) -> int:
         """Updates needed to reach ``train.total_steps`` (rounded up)."""
         return max(1, math.ceil(self.train.total_env_steps / self.steps_per_update))
+
+
+def check_training_perturbations(config: RunConfig) -> None:
+    """Bind the run's perturbation spec to its env; reject what the trainer cannot serve.
+
+    Training provides attacks with the actor (``adv.fgsm``/``adv.pgd`` with the divergence objective) but no
+    action critic, team critic or learned adversary; those need a robust-training method that brings them.
+    """
+    from sim2real import perturb
+    from sim2real.envs import make
+
+    env = make(config.env.name, num_envs=1, **config.env.make_kwargs())
+    try:
+        wrapped = perturb.apply(env, config.perturbations)
+    except perturb.SpecError as err:
+        raise ValueError(f"perturbations: {err}") from None
+    finally:
+        env.close()
+    for item in wrapped.pipeline.items:
+        needs = item.requires() if hasattr(item, "requires") else None
+        if item.kind == "agents.malicious" and item.p.get("mode") == "adversarial":
+            needs = "team_critic"
+        if needs not in (None, "policy"):
+            raise ValueError(
+                f"perturbations: {item.name} needs an AttackTarget with {needs}, which plain training does not "
+                "provide; use the divergence objective or a robust-training method that brings one"
+            )
 
 
 def _location(loc: tuple[Any, ...]) -> str:

@@ -225,3 +225,22 @@ def test_invalid_configs_and_actions_are_rejected_with_the_reason() -> None:
         env.step(np.zeros((2, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="NaN"):
         env.step(np.full((2, 2, 3), np.nan, dtype=np.float32))
+
+
+def test_separation_reward_penalises_close_neighbours_and_weights_validate() -> None:
+    rewards = {}
+    for weight in (0.0, 0.5):
+        env = make(
+            "drone-hover", num_envs=3, num_drones=3, seed=4, reward={"separation": weight, "separation_dist": 1.0}
+        )
+        env.reset()
+        _, rewards[weight], _, _, _ = env.step(np.zeros((3, 3, 3), np.float32))
+        pos = env.sim.pos
+    gap = np.linalg.norm(pos[:, :, None] - pos[:, None, :], axis=-1) + np.eye(3) * 1e9
+    expected = 0.5 * np.clip(1.0 - gap.min(axis=-1), 0.0, 1.0)
+    assert np.all(expected > 0)
+    np.testing.assert_allclose(rewards[0.0] - rewards[0.5], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown reward weight"):
+        make("drone-hover", reward={"seperation": 1.0})
+    with pytest.raises(ValueError, match="separation_dist"):
+        make("drone-hover", reward={"separation_dist": 0.0})

@@ -62,7 +62,9 @@ class MatchCueEnv:
     Episodes last 8 steps (time limit, so the runner bootstraps from ``final_obs``/``final_state``).
     """
 
-    def __init__(self, num_envs: int = 1, num_drones: int = 2, seed: int | None = None, backend: str = "batched") -> None:
+    def __init__(
+        self, num_envs: int = 1, num_drones: int = 2, seed: int | None = None, backend: str = "batched"
+    ) -> None:
         self.num_envs, self.num_agents, self.obs_dim, self.state_dim, self.max_steps = num_envs, num_drones, 3, 6, 8
         self.single_action_space = gym.spaces.Discrete(3)
         self.rng = np.random.default_rng(seed)
@@ -169,6 +171,7 @@ class PullToZero(TrainingHook):
 
     def __init__(self, weight: float) -> None:
         self.weight, self.seen = weight, 0
+        self.first_value_gap: float | None = None
 
     def transform_obs(self, obs, learner):
         self.seen += 1
@@ -176,6 +179,13 @@ class PullToZero(TrainingHook):
 
     def actor_loss(self, batch, learner):
         return self.weight * (learner.actor(batch.obs).mean ** 2).mean()
+
+    def critic_loss(self, batch, learner):
+        if self.first_value_gap is None:  # before any step, the critic still outputs the rollout's predictions
+            with torch.no_grad():
+                now = learner.critic(learner.critic_input(batch.critic_obs, batch.states))
+            self.first_value_gap = float((now - batch.value_preds).abs().max())
+        return None
 
     def state_dict(self):
         return {"seen": self.seen}
@@ -192,6 +202,7 @@ def test_hooks_add_losses_and_see_rollouts(tmp_path: Path) -> None:
         trainer = Trainer.create(config, tmp_path / f"w{weight}", hooks=[hook], progress=False)
         trainer.train()
         assert hook.seen == 10 * 16
+        assert hook.first_value_gap is not None and hook.first_value_gap < 1e-5
         obs, _ = trainer.env.reset(seed=1)
         with torch.no_grad():
             magnitude[weight] = float(trainer.learner.actor(torch.as_tensor(obs)).mean.abs().mean())
@@ -283,6 +294,8 @@ def test_new_run_refuses_to_overwrite_and_resume_needs_a_run(tmp_path: Path) -> 
         Trainer.resume(tmp_path / "nothing", progress=False)
     with pytest.raises(RunError, match="cannot change on resume"):
         Trainer.resume(tmp_path / "run", overrides={"train.lr": 1.0}, progress=False)
+    with pytest.raises(ConfigError, match=r"train\.time_limit_s"):
+        Trainer.resume(tmp_path / "run", overrides={"train.time_limit_s": -1}, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -299,6 +312,10 @@ def test_new_run_refuses_to_overwrite_and_resume_needs_a_run(tmp_path: Path) -> 
         ({"perturbations": "obs.gaussian(sdt=0.1)"}, ["perturbations", "sdt"]),
         ({"env": {"num_envs": 2}, "train": {"rollout_steps": 2, "minibatches": 8}}, ["train.minibatches"]),
         ({"policy": {"hidden": [64, 0]}}, ["policy.hidden"]),
+        ({"perturbations": "obs.gaussian(std=0.1,agents=[7])"}, ["perturbations", "agent"]),
+        ({"perturbations": "adv.pgd(eps=0.1,objective=critic)"}, ["perturbations", "action_critic"]),
+        ({"perturbations": "agents.malicious(rate=0.1,mode=adversarial)"}, ["perturbations", "team_critic"]),
+        ({"train": {"total_steps": float("inf")}}, ["train.total_steps"]),
     ],
 )
 def test_bad_config_is_rejected_with_the_field_named(data: dict, fields: list[str]) -> None:
@@ -349,8 +366,8 @@ def test_cli_train_rejects_a_bad_config_and_trains_a_good_one(tmp_path: Path) ->
     assert good.exit_code == 0, good.output
     assert "eval (2 episodes)" in good.output
     assert load(out / "config.yaml").env.num_drones == 1
-    resumed = runner.invoke(app, ["train", "--resume", str(out), "--num-drones", "3"])
-    assert resumed.exit_code == 2 and "--num-drones" in resumed.output
+    resumed = runner.invoke(app, ["train", "--resume", str(out), "--seed", "0"])
+    assert resumed.exit_code == 2 and "--seed" in resumed.output
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

@@ -149,7 +149,7 @@ def _run_round(env: Any, policy: Callable, result: EvalResult, hold_fraction: fl
         if np.any(ended):
             values = {
                 "returns": info["episode_return"].mean(axis=1),
-                "final_position_error_m": _live_mean(info["pos_error"], info["active"]),
+                "final_position_error_m": live_mean(info["pos_error"], info["active"]),
                 "collisions": info["episode_collisions"].sum(axis=1),
                 "lengths": info["episode_length"],
             }
@@ -168,7 +168,7 @@ def _run_round(env: Any, policy: Callable, result: EvalResult, hold_fraction: fl
         getattr(result, key).extend(val.tolist())
 
 
-def _live_mean(values: np.ndarray, live: np.ndarray) -> np.ndarray:
+def live_mean(values: np.ndarray, live: np.ndarray) -> np.ndarray:
     """Mean over live agents per env ``[E]`` of ``values [E, N]``; NaN where no agent is live."""
     count = live.sum(axis=1)
     return np.where(count > 0, np.where(live, values, 0.0).sum(axis=1) / np.maximum(count, 1), np.nan)

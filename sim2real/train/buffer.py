@@ -20,7 +20,7 @@ class MiniBatch:
         logp: ``[B, N]`` log-probabilities under the rollout policy.
         advantages: ``[B, N]`` GAE advantages (not normalised).
         returns: ``[B, N]`` value targets (raw units).
-        values: ``[B, N]`` rollout value predictions (raw units).
+        value_preds: ``[B, N]`` the critic's outputs at rollout time, in its own (normalised) units.
         mask: ``[B, N]`` 1.0 for agents that were live, 0.0 for inactive ones.
     """
 
@@ -31,7 +31,7 @@ class MiniBatch:
     logp: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
-    values: torch.Tensor
+    value_preds: torch.Tensor
     mask: torch.Tensor
 
 
@@ -88,7 +88,8 @@ class RolloutBuffer:
         self.mask = torch.zeros(t, e, n)
         self.advantages = torch.zeros(t, e, n)
         self.returns = torch.zeros(t, e, n)
-        self.values = torch.zeros(t + 1, e, n)
+        self.values = torch.zeros(t + 1, e, n)  # raw units, for GAE
+        self.value_preds = torch.zeros(t + 1, e, n)  # critic output units, for the clipped value loss
 
     def minibatches(self, count: int, generator: torch.Generator) -> Iterator[MiniBatch]:
         """``count`` shuffled minibatches over the ``T * E`` (time, env) rows."""
@@ -101,7 +102,7 @@ class RolloutBuffer:
             "logp": self.logp.flatten(0, 1),
             "advantages": self.advantages.flatten(0, 1),
             "returns": self.returns.flatten(0, 1),
-            "values": self.values[:-1].flatten(0, 1),
+            "value_preds": self.value_preds[:-1].flatten(0, 1),
             "mask": self.mask.flatten(0, 1),
         }
         perm = torch.randperm(rows, generator=generator)

@@ -138,7 +138,8 @@ class MAPPO:
 
     def attack_target(self) -> AttackTarget:
         """What ``adv.*`` perturbations attack: the actor, with budgets in its normalised units."""
-        return AttackTarget(policy=self.actor, obs_std=self.actor.obs_rms.std.numpy().copy())
+        std = self.actor.obs_rms.std.numpy().copy() if self.actor.use_obs_norm else None
+        return AttackTarget(policy=self.actor, obs_std=std)
 
     # ------------------------------------------------------------------ update
     def schedule(self, progress: float) -> tuple[float, float, float]:
@@ -158,6 +159,9 @@ class MAPPO:
         for group in self.critic_opt.param_groups:
             group["lr"] = lr_critic
         live = buf.mask > 0
+        # the rollout's critic outputs, in the units the critic predicts (normalised with the statistics
+        # the values were made with, i.e. before this update's statistics change)
+        buf.value_preds = self.value_rms.normalize(buf.values) if use_vn else buf.values.clone()
         if use_vn:
             self.value_rms.update(buf.returns[live])
         adv = buf.advantages
@@ -184,7 +188,7 @@ class MAPPO:
 
                 value = self.critic(self.critic_input(mb.critic_obs, mb.states))
                 target = self.value_rms.normalize(mb.returns) if use_vn else mb.returns
-                old = self.value_rms.normalize(mb.values) if use_vn else mb.values
+                old = mb.value_preds
                 loss_v = (value - target) ** 2
                 if tr.value_clip is not None:
                     clipped = old + (value - old).clamp(-tr.value_clip, tr.value_clip)
@@ -196,12 +200,12 @@ class MAPPO:
                         critic_loss = critic_loss + extra
 
                 self.actor_opt.zero_grad()
-                actor_loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.actor.parameters(), tr.max_grad_norm)
-                self.actor_opt.step()
                 self.critic_opt.zero_grad()
+                actor_loss.backward()  # both backward passes before either step, so hook losses may span both
                 critic_loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.actor.parameters(), tr.max_grad_norm)
                 torch.nn.utils.clip_grad_norm_(self.critic.parameters(), tr.max_grad_norm)
+                self.actor_opt.step()
                 self.critic_opt.step()
 
                 with torch.no_grad():

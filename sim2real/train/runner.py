@@ -20,6 +20,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -30,11 +31,11 @@ import torch
 from tqdm import tqdm
 
 from sim2real import __version__
-from sim2real.config import RunConfig
+from sim2real.config import RunConfig, set_field, validate
 from sim2real.config import load as load_config
 from sim2real.config import save as save_config
 from sim2real.envs import make
-from sim2real.eval.rollout import evaluate
+from sim2real.eval.rollout import evaluate, live_mean
 from sim2real.train.buffer import RolloutBuffer, gae
 from sim2real.train.hooks import TrainingHook
 from sim2real.train.mappo import MAPPO
@@ -101,6 +102,7 @@ class Trainer:
         self.update_idx = 0
         self.env_steps = 0
         self.wall_s = 0.0
+        self.last_update_s = 0.0
         self.last_episode: dict[str, float] = {}
         obs, info = env.reset(seed=config.seed)
         self._set_obs(obs, info)
@@ -124,11 +126,13 @@ class Trainer:
                 f"{run_dir} already holds a run; continue it with `sim2real train --resume {run_dir}` "
                 "or choose another --out"
             )
+        trainer = cls(config, run_dir, hooks=hooks, progress=progress)  # fails before anything is written
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in [*checkpoints(run_dir), run_dir / "metrics.jsonl", run_dir / "summary.json"]:
             stale.unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "tb", ignore_errors=True)
         save_config(config, run_dir / "config.yaml")
-        return cls(config, run_dir, hooks=hooks, progress=progress)
+        return trainer
 
     @classmethod
     def resume(
@@ -151,8 +155,9 @@ class Trainer:
         for key, value in (overrides or {}).items():
             if key not in allowed:
                 raise RunError(f"{key} cannot change on resume; only {sorted(allowed)} can")
-            section, name = key.split(".")
-            setattr(getattr(config, section), name, value)
+            data = config.model_dump(mode="json")
+            set_field(data, key, value)
+            config = validate(data)
         save_config(config, run_dir / "config.yaml")
         trainer = cls(config, run_dir, hooks=hooks, progress=progress)
         found = checkpoints(run_dir)
@@ -178,19 +183,22 @@ class Trainer:
         previous = self._install_signal_handlers()
         stopped_by = "steps"
         try:
+            self._stop_requested = False
             while self.env_steps < total:
-                if limit is not None and self.wall_s >= limit:
+                if limit is not None and self.wall_s + self.last_update_s > limit:  # the next update would overrun
                     stopped_by = "time_limit"
                     break
                 start = time.perf_counter()
                 episodes = self._collect()
                 collected = time.perf_counter()
                 stats = self.learner.update(self.buffer, min(1.0, self.env_steps / total), self.generator)
+                self._refresh_target()
                 self.update_idx += 1
                 self.env_steps += cfg.steps_per_update
                 elapsed = time.perf_counter() - start
                 stats.update(rollout_s=collected - start, update_s=elapsed - (collected - start))
                 self.wall_s += elapsed
+                self.last_update_s = elapsed
                 record = self._record(stats, episodes, cfg.steps_per_update / elapsed)
                 self._log(record, writer)
                 bar.update(min(cfg.steps_per_update, total - bar.n))
@@ -254,7 +262,11 @@ class Trainer:
             buf.dones[t] = torch.as_tensor(done, dtype=torch.float32)
             buf.mask[t] = torch.as_tensor(active, dtype=torch.float32)
             if np.any(truncated):
-                final_state = info.get("final_state") if buf.states is not None else None
+                final_state = None
+                if buf.states is not None:
+                    if "final_state" not in info:
+                        raise RunError("an env with a global state must put info['final_state'] [E, S] on episode ends")
+                    final_state = info["final_state"]
                 bootstraps.append(
                     (
                         t,
@@ -291,7 +303,8 @@ class Trainer:
         if "episode_collisions" in info:
             episodes["collisions"] += info["episode_collisions"][ended].sum(axis=1).tolist()
         if "pos_error" in info:
-            episodes["pos_error"] += info["pos_error"][ended].mean(axis=1).tolist()
+            live_error = live_mean(info["pos_error"][ended], info["active"][ended])
+            episodes["pos_error"] += live_error[~np.isnan(live_error)].tolist()
         if "coverage" in info:
             episodes["coverage"] += info["coverage"][ended].tolist()
 
@@ -343,7 +356,13 @@ class Trainer:
         path = self.run_dir / "metrics.jsonl"
         if not path.exists():
             return
-        keep = [line for line in path.read_text().splitlines() if json.loads(line)["update"] <= self.update_idx]
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["update"] <= self.update_idx:
+                    keep.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):  # a line cut short by a kill
+                continue
         path.write_text("".join(line + "\n" for line in keep))
 
     # ------------------------------------------------------------------ checkpoints
@@ -358,6 +377,7 @@ class Trainer:
             "update": self.update_idx,
             "env_steps": self.env_steps,
             "wall_s": self.wall_s,
+            "last_update_s": self.last_update_s,
             "last_episode": self.last_episode,
             "learner": self.learner.state_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -381,14 +401,18 @@ class Trainer:
             raise RunError(f"{path} is not a sim2real training checkpoint")
         self.learner.load_state_dict(state["learner"])
         self.update_idx, self.env_steps, self.wall_s = state["update"], state["env_steps"], state["wall_s"]
-        self.last_episode = state["last_episode"]
+        self.last_episode, self.last_update_s = state["last_episode"], state["last_update_s"]
         torch.set_rng_state(state["torch_rng"])
         self.generator.set_state(state["generator"])
         env, obs, info = pickle.loads(state["env"])
-        if hasattr(env, "set_target"):
-            env.set_target(self.learner.attack_target())
         self.env = env
+        self._refresh_target()
         self._set_obs(obs, info)
+
+    def _refresh_target(self) -> None:
+        """Point attacks in the training env at the current actor and its current normaliser."""
+        if hasattr(self.env, "set_target"):
+            self.env.set_target(self.learner.attack_target())
 
     def _pickled_env(self) -> bytes:
         """The env and the observations the next step acts on, pickled (without the attack target's networks)."""
@@ -399,7 +423,7 @@ class Trainer:
             return pickle.dumps((self.env, self.obs, {"clean_obs": self.clean_obs}))
         finally:
             if has_target:
-                self.env.set_target(self.learner.attack_target())
+                self._refresh_target()
 
     # ------------------------------------------------------------------ signals
     def _install_signal_handlers(self) -> dict[int, Any]:

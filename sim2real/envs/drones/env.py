@@ -48,15 +48,34 @@ class ObsField:
 class RewardWeights:
     """Per-agent reward terms (see ``docs/drone-envs.md``).
 
-    ``proximity * (1 - tanh(d / proximity_scale)) - smoothness |a_t - a_{t-1}|^2 - spin |w| - crash`` on the
-    step an agent crashes, collides or leaves the arena.
+    ``proximity * (1 - tanh(d / proximity_scale)) - smoothness |a_t - a_{t-1}|^2 - spin |w|
+    - separation * max(0, 1 - d_nn / separation_dist) - crash`` on the step an agent crashes, collides or
+    leaves the arena; ``d_nn`` [m] is the distance to the nearest other drone.
     """
 
     proximity: float = 1.0
     proximity_scale: float = 0.5
     smoothness: float = 0.01
     spin: float = 0.005
+    separation: float = 0.0
+    separation_dist: float = 0.25
     crash: float = 10.0
+
+    @classmethod
+    def from_any(cls, value: RewardWeights | dict | None) -> RewardWeights:
+        """Weights from an instance, a dict of fields (e.g. from a YAML config) or None (the defaults)."""
+        if value is None or isinstance(value, cls):
+            return value or cls()
+        if not isinstance(value, dict):
+            raise ValueError(f"reward must be RewardWeights or a dict of its fields, got {type(value).__name__}")
+        names = set(cls.__dataclass_fields__)
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise ValueError(f"unknown reward weight(s) {unknown}; fields are {sorted(names)}")
+        weights = cls(**{k: float(v) for k, v in value.items()})
+        if weights.proximity_scale <= 0 or weights.separation_dist <= 0:
+            raise ValueError("reward proximity_scale and separation_dist must be > 0 m")
+        return weights
 
 
 class DroneSwarmEnv:
@@ -104,7 +123,7 @@ class DroneSwarmEnv:
         rpm_range: float = 0.25,
         crash_speed: float = 1.0,
         crash_tilt: float = 1.0,
-        reward: RewardWeights | None = None,
+        reward: RewardWeights | dict | None = None,
         auto_reset: bool = True,
         seed: int | None = None,
         **task_kwargs,
@@ -156,7 +175,7 @@ class DroneSwarmEnv:
         self.rpm_range = float(rpm_range)
         self.crash_speed = float(crash_speed)
         self.crash_tilt = float(crash_tilt)
-        self.reward_weights = reward or RewardWeights()
+        self.reward_weights = RewardWeights.from_any(reward)
         self.auto_reset = auto_reset
         self.sim = make_backend(
             backend,
@@ -301,6 +320,10 @@ class DroneSwarmEnv:
             - w.spin * np.linalg.norm(self.sim.ang_vel_body, axis=-1)
             - w.crash * terminated
         )
+        if w.separation > 0 and self.num_agents > 1:
+            dx, dy, dz = pair_offsets(pos)
+            nearest = np.sqrt(np.min(dx * dx + dy * dy + dz * dz, axis=-1))
+            reward = reward - w.separation * np.clip(1.0 - nearest / w.separation_dist, 0.0, 1.0)
         reward = np.where(active, reward, 0.0).astype(np.float32)
         self.last_action = np.where(active[..., None], actions, self.last_action)
         self.active = active & ~terminated
