@@ -394,7 +394,7 @@ class Trainer:
     def load_checkpoint(self, path: Path) -> None:
         """Restore the training state saved by :meth:`save_checkpoint`."""
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # a truncated or foreign file
             raise RunError(f"cannot read checkpoint {path}: {err}") from err
         if not isinstance(state, dict) or state.get("format") != 1:
@@ -404,6 +404,7 @@ class Trainer:
         self.last_episode, self.last_update_s = state["last_episode"], state["last_update_s"]
         torch.set_rng_state(state["torch_rng"])
         self.generator.set_state(state["generator"])
+        # the env state is a pickle (the batched env is plain numpy); checkpoints are trusted files, like the run
         env, obs, info = pickle.loads(state["env"])
         self.env = env
         self._refresh_target()
@@ -465,6 +466,6 @@ def load_learner(run_dir: str | Path, checkpoint: str | Path | None = None) -> t
         env.obs_dim, env.num_agents, env.single_action_space, config, state_dim=getattr(env, "state_dim", None)
     )
     env.close()
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     learner.load_state_dict(state["learner"])
     return learner, config
