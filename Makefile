@@ -26,6 +26,7 @@ bench: setup
 	$(BIN)/python benchmarks/sim_throughput.py --out benchmarks/results/sim_throughput.json
 	$(BIN)/python benchmarks/physics_parity.py --out benchmarks/results/physics_parity.json
 	$(BIN)/python benchmarks/perturb_overhead.py --out benchmarks/results/perturb_overhead.json
+	$(BIN)/python benchmarks/onnx_latency.py --out benchmarks/results/onnx_latency.json
 
 # Training wall-clock benchmarks (about 25 minutes: 1 + 5 + 15 minutes of training plus evaluation).
 bench-train: setup

@@ -176,6 +176,151 @@ def train_command(
         typer.echo(f"continue with: sim2real train --resume {trainer.run_dir}")
 
 
+@app.command("eval")
+def eval_command(
+    policy: Path = typer.Option(..., help="A run directory (torch), a bundle directory or a policy.onnx file."),
+    episodes: int = typer.Option(32, min=1, help="Episodes per condition."),
+    backend: str = typer.Option("batched", help="Simulator: batched or pybullet."),
+    seed: int = typer.Option(10_000, min=0, help="Env seed of the first episode round (same seed, same episodes)."),
+    perturb: str = typer.Option(None, help="Also evaluate under this perturbation spec (string form or YAML file)."),
+    out: Path = typer.Option(None, help="Results JSON (default RUN/eval/results.json or runs/eval/NAME/...)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Evaluate a trained run or an exported policy file in simulation (clean, and perturbed with --perturb)."""
+    import json
+    from datetime import datetime, timezone
+
+    from sim2real.eval import evaluate
+    from sim2real.eval.policies import PolicyLoadError, check_perturbations, load_policy
+
+    if backend not in ("batched", "pybullet"):
+        raise typer.BadParameter(f"unknown backend {backend!r}: choose batched or pybullet", param_hint="--backend")
+    try:
+        loaded = load_policy(policy)
+        if perturb is not None:
+            check_perturbations(loaded, perturb)
+    except PolicyLoadError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from err
+    conditions: dict[str, object] = {"clean": None}
+    if perturb is not None:
+        conditions["perturbed"] = perturb
+    results = {}
+    for name, spec in conditions.items():
+        result = evaluate(
+            loaded.act,
+            loaded.env_id,
+            loaded.env_kwargs,
+            episodes=episodes,
+            backend=backend,
+            seed=seed,
+            perturbations=spec,
+            target=loaded.target,
+            progress=progress,
+        )
+        results[name] = {"perturbations": spec, **result.summary()}
+    if out is None:
+        if loaded.kind == "torch":
+            out = policy / "eval" / "results.json"
+        else:
+            out = Path("runs") / "eval" / loaded.version / "results.json"
+    record = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "policy": loaded.describe(),
+        "backend": backend,
+        "episodes": episodes,
+        "seed": seed,
+        "results": results,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    typer.echo(f"{loaded.kind} policy {policy} on {loaded.env_id} ({backend}, {episodes} episodes, seed {seed})")
+    typer.echo(f"{'condition':>10s} {'return':>9s} {'pos err [m]':>12s} {'collisions':>10s} {'crashes':>8s}")
+    for name, r in results.items():
+        typer.echo(
+            f"{name:>10s} {r['mean_return']:9.2f} {r['mean_position_error_m']:12.4f} "
+            f"{r['collisions']:10d} {r['crashes']:8d}"
+            + (f"  coverage {r['goal_coverage']:.2f}" if "goal_coverage" in r else "")
+        )
+    typer.echo(f"results: {out}")
+
+
+@app.command("export")
+def export_command(
+    run: Path = typer.Argument(..., help="The run directory to export (its latest checkpoint)."),
+    out: Path = typer.Option(None, help="Bundle directory to write (default RUN/export)."),
+    checkpoint: Path = typer.Option(None, help="Export this checkpoint file instead of the latest."),
+    overwrite: bool = typer.Option(False, help="Replace an existing bundle in --out."),
+) -> None:
+    """Export a run's deterministic actor to a verified deployment bundle (policy.onnx, manifest, node params)."""
+    import torch
+
+    from sim2real.export.contract import describe_contract
+    from sim2real.export.exporter import ExportError, export_run
+
+    torch.set_num_threads(1)
+    out = out or run / "export"
+    try:
+        manifest = export_run(run, out, checkpoint=checkpoint, overwrite=overwrite)
+    except ExportError as err:
+        typer.echo(f"export failed: {err}", err=True)
+        raise typer.Exit(2) from err
+    parity = manifest["parity"]
+    typer.echo(f"exported {run} ({manifest['provenance']['checkpoint']}) -> {out}")
+    checks = ", ".join(
+        f"{k.replace('_', ' ')} {v:.2g}"
+        for k, v in parity.items()
+        if k.endswith(("max_abs_diff", "mismatched_actions"))
+    )
+    typer.echo(f"parity torch vs onnxruntime (tolerance {parity['tolerance']:g}): {checks}")
+    typer.echo(describe_contract(manifest["contract"], str(manifest["provenance"]["model_version"])))
+
+
+bundle_app = typer.Typer(help="Deployment bundles: verify integrity and contract.", no_args_is_help=True)
+app.add_typer(bundle_app, name="bundle")
+
+
+@bundle_app.command("verify")
+def bundle_verify_command(
+    bundle: Path = typer.Argument(..., help="The bundle directory (what `sim2real export` wrote)."),
+    env: str = typer.Option(None, help="The robot's env id; must equal the bundle's."),
+    num_drones: int = typer.Option(None, min=1, help="The robot swarm's size; must match the bundle's contract."),
+    action_type: str = typer.Option(None, help="The robots' command interface, vel or rpm; must match."),
+) -> None:
+    """Check a bundle's file hashes and contract (and its fit to a declared robot configuration); print the contract."""
+    from sim2real.envs import make
+    from sim2real.export import BundleError, ContractError, env_contract, verify_bundle
+    from sim2real.export.contract import check_contract, describe_contract
+
+    try:
+        manifest = verify_bundle(bundle)
+        contract = manifest["contract"]
+        if env is not None or num_drones is not None or action_type is not None:
+            kwargs = dict(contract["env_params"])
+            kwargs |= {k: v for k, v in (("num_drones", num_drones), ("action_type", action_type)) if v is not None}
+            env_id = env or contract["env_id"]
+            try:
+                robot = make(env_id, num_envs=1, **kwargs)
+            except (ValueError, TypeError) as err:
+                raise typer.BadParameter(f"cannot build {env_id} with {kwargs}: {err}") from err
+            try:
+                check_contract(contract, env_contract(robot, env_id, kwargs), source=f"bundle {bundle}")
+            except ContractError as err:
+                raise BundleError(str(err)) from err
+            finally:
+                robot.close()
+    except BundleError as err:
+        typer.echo(f"REJECTED {bundle}: {err}", err=True)
+        raise typer.Exit(1) from err
+    typer.echo(f"OK {bundle}: {len(manifest['files'])} files match the manifest; contract consistent")
+    prov = manifest["provenance"]
+    typer.echo(
+        f"run {prov['run_id']}, {prov['checkpoint']}, config {prov['config_hash'][:19]}..., "
+        f"created {manifest['created']}"
+    )
+    typer.echo(describe_contract(contract, str(prov["model_version"])))
+
+
 perturb_app = typer.Typer(help="Perturbation specs: list the kinds, check a spec.", no_args_is_help=True)
 app.add_typer(perturb_app, name="perturb")
 
@@ -228,7 +373,7 @@ def perturb_check_command(
     typer.echo(f"valid: {len(wrapped.pipeline.items)} perturbation(s) on {env} ({num_drones} drones, {action_type})")
     for line in wrapped.pipeline.explain():
         typer.echo(f"  {line}")
-    needs = sorted({p.requires() for p in wrapped.pipeline.stage("attack")})
+    needs = sorted(set(wrapped.target_needs().values()))
     if needs:
         typer.echo(f"  note: the attacks need an AttackTarget with {', '.join(needs)} at run time")
 

@@ -162,13 +162,10 @@ def check_training_perturbations(config: RunConfig) -> None:
         raise ValueError(f"perturbations: {err}") from None
     finally:
         env.close()
-    for item in wrapped.pipeline.items:
-        needs = item.requires() if hasattr(item, "requires") else None
-        if item.kind == "agents.malicious" and item.p.get("mode") == "adversarial":
-            needs = "team_critic"
-        if needs not in (None, "policy"):
+    for name, need in wrapped.target_needs().items():
+        if need != "policy":
             raise ValueError(
-                f"perturbations: {item.name} needs an AttackTarget with {needs}, which plain training does not "
+                f"perturbations: {name} needs an AttackTarget with {need}, which plain training does not "
                 "provide; use the divergence objective or a robust-training method that brings one"
             )
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
+from sim2real.envs import env_names, register
 from sim2real.envs.drones import CF2X
+from sim2real.envs.registry import EnvSpec
 
 HOVER = CF2X.hover_rpm
 BACKENDS = ("pybullet", "batched")
@@ -20,3 +23,66 @@ def constant_rpm(steps: int, num_drones: int = 1, scale: float | np.ndarray = 1.
 def backend(request: pytest.FixtureRequest) -> str:
     """Both physics backends."""
     return request.param
+
+
+class MatchCueEnv:
+    """Toy discrete env with a global state: each agent is rewarded for naming its own cue (one of 3).
+
+    Episodes last 8 steps (time limit, so the runner bootstraps from ``final_obs``/``final_state``).
+    """
+
+    def __init__(
+        self, num_envs: int = 1, num_drones: int = 2, seed: int | None = None, backend: str = "batched"
+    ) -> None:
+        self.num_envs, self.num_agents, self.obs_dim, self.state_dim, self.max_steps = num_envs, num_drones, 3, 6, 8
+        self.single_action_space = gym.spaces.Discrete(3)
+        self.rng = np.random.default_rng(seed)
+        self.steps = np.zeros(num_envs, dtype=np.int64)
+        self.ret = np.zeros((num_envs, num_drones))
+
+    def _draw(self, ids: np.ndarray) -> None:
+        self.cue[ids] = self.rng.integers(0, 3, (len(ids), self.num_agents))
+
+    def _obs(self) -> np.ndarray:
+        return np.eye(3, dtype=np.float32)[self.cue]
+
+    def global_state(self) -> np.ndarray:
+        return np.concatenate([self._obs().reshape(self.num_envs, -1)[:, :3], np.ones((self.num_envs, 3))], -1)
+
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        self.cue = np.zeros((self.num_envs, self.num_agents), dtype=np.int64)
+        self._draw(np.arange(self.num_envs))
+        return self._obs(), {}
+
+    def step(self, actions: np.ndarray):
+        reward = (actions == self.cue).astype(np.float32)
+        self.ret += reward
+        self.steps += 1
+        done = self.steps >= self.max_steps
+        truncated = np.repeat(done[:, None], self.num_agents, 1)
+        active = np.ones_like(truncated)
+        info = {"active": active, "done_env": done}
+        self._draw(np.arange(self.num_envs))
+        obs = self._obs()
+        if done.any():
+            info.update(
+                final_obs=obs.copy(),
+                final_state=self.global_state(),
+                episode_return=self.ret.copy(),
+                episode_length=self.steps.copy(),
+            )
+            self.steps[done] = 0
+            self.ret[done] = 0
+        return obs, reward, np.zeros_like(truncated), truncated, info
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def match_cue() -> str:
+    if "toy-match-cue" not in env_names():
+        register(EnvSpec("toy-match-cue", MatchCueEnv, "toy discrete env for the learner tests"))
+    return "toy-match-cue"

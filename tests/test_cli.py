@@ -18,7 +18,8 @@ runner = CliRunner()
 def test_version_and_help_on_every_subcommand() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and __version__ in result.output
-    for sub in ([], ["envs"], ["demo"], ["perturb"], ["perturb", "list"], ["perturb", "check"]):
+    subcommands = [[], ["envs"], ["demo"], ["train"], ["eval"], ["export"], ["bundle"], ["bundle", "verify"]]
+    for sub in [*subcommands, ["perturb"], ["perturb", "list"], ["perturb", "check"]]:
         result = runner.invoke(app, [*sub, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output
 

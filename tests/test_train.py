@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import MatchCueEnv
 
 from sim2real.config import ConfigError, load, validate
-from sim2real.envs import env_names, register
-from sim2real.envs.registry import EnvSpec
 from sim2real.eval import evaluate
 from sim2real.train import Trainer, TrainingHook, load_learner
 from sim2real.train.buffer import gae
@@ -54,69 +53,6 @@ def test_short_run_improves_return_on_single_drone_hover(tmp_path: Path) -> None
     assert after["mean_position_error_m"] < 0.5 * before["mean_position_error_m"]
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 50
-
-
-class MatchCueEnv:
-    """Toy discrete env with a global state: each agent is rewarded for naming its own cue (one of 3).
-
-    Episodes last 8 steps (time limit, so the runner bootstraps from ``final_obs``/``final_state``).
-    """
-
-    def __init__(
-        self, num_envs: int = 1, num_drones: int = 2, seed: int | None = None, backend: str = "batched"
-    ) -> None:
-        self.num_envs, self.num_agents, self.obs_dim, self.state_dim, self.max_steps = num_envs, num_drones, 3, 6, 8
-        self.single_action_space = gym.spaces.Discrete(3)
-        self.rng = np.random.default_rng(seed)
-        self.steps = np.zeros(num_envs, dtype=np.int64)
-        self.ret = np.zeros((num_envs, num_drones))
-
-    def _draw(self, ids: np.ndarray) -> None:
-        self.cue[ids] = self.rng.integers(0, 3, (len(ids), self.num_agents))
-
-    def _obs(self) -> np.ndarray:
-        return np.eye(3, dtype=np.float32)[self.cue]
-
-    def global_state(self) -> np.ndarray:
-        return np.concatenate([self._obs().reshape(self.num_envs, -1)[:, :3], np.ones((self.num_envs, 3))], -1)
-
-    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
-        if seed is not None:
-            self.rng = np.random.default_rng(seed)
-        self.cue = np.zeros((self.num_envs, self.num_agents), dtype=np.int64)
-        self._draw(np.arange(self.num_envs))
-        return self._obs(), {}
-
-    def step(self, actions: np.ndarray):
-        reward = (actions == self.cue).astype(np.float32)
-        self.ret += reward
-        self.steps += 1
-        done = self.steps >= self.max_steps
-        truncated = np.repeat(done[:, None], self.num_agents, 1)
-        active = np.ones_like(truncated)
-        info = {"active": active, "done_env": done}
-        self._draw(np.arange(self.num_envs))
-        obs = self._obs()
-        if done.any():
-            info.update(
-                final_obs=obs.copy(),
-                final_state=self.global_state(),
-                episode_return=self.ret.copy(),
-                episode_length=self.steps.copy(),
-            )
-            self.steps[done] = 0
-            self.ret[done] = 0
-        return obs, reward, np.zeros_like(truncated), truncated, info
-
-    def close(self) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def match_cue() -> str:
-    if "toy-match-cue" not in env_names():
-        register(EnvSpec("toy-match-cue", MatchCueEnv, "toy discrete env for the learner tests"))
-    return "toy-match-cue"
 
 
 def test_categorical_head_and_global_state_critic_learn_a_discrete_task(tmp_path: Path, match_cue: str) -> None:
@@ -277,7 +213,7 @@ def test_training_perturbations_and_attack_target_survive_a_checkpoint(tmp_path:
     assert resumed.env.pipeline.ctx.target.policy is resumed.learner.actor
     resumed.train()
     assert resumed.update_idx == 3
-    learner, loaded = load_learner(tmp_path / "run")
+    learner, loaded, *_ = load_learner(tmp_path / "run")
     assert loaded.perturbations == config.perturbations
     for key, value in params(resumed.learner).items():
         assert torch.equal(value, params(learner)[key])

@@ -75,6 +75,17 @@ class PerturbedEnv:
         """Set what gradient attacks and adversarial malicious agents attack."""
         self.pipeline.ctx.target = target
 
+    def target_needs(self) -> dict[str, str]:
+        """``{perturbation name: AttackTarget field it needs}`` for the perturbations that attack a policy."""
+        needs = {}
+        for item in self.pipeline.items:
+            need = item.requires() if hasattr(item, "requires") else None
+            if item.kind == "agents.malicious" and item.p.get("mode") == "adversarial":
+                need = "team_critic"
+            if need is not None:
+                needs[item.name] = need
+        return needs
+
     def set_enabled(self, on: bool, name: str | None = None) -> None:
         """Switch one perturbation (by name) or all of them on or off at run time."""
         self.pipeline.set_enabled(on, name)

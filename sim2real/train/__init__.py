@@ -2,6 +2,6 @@
 
 from sim2real.train.hooks import TrainingHook
 from sim2real.train.mappo import MAPPO
-from sim2real.train.runner import RunError, Trainer, load_learner
+from sim2real.train.runner import LoadedRun, RunError, Trainer, load_learner
 
-__all__ = ["MAPPO", "RunError", "Trainer", "TrainingHook", "load_learner"]
+__all__ = ["MAPPO", "LoadedRun", "RunError", "Trainer", "TrainingHook", "load_learner"]

@@ -24,7 +24,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -51,6 +51,34 @@ class RunError(RuntimeError):
 def checkpoints(run_dir: Path) -> list[Path]:
     """The run's checkpoints, oldest first."""
     return sorted((Path(run_dir) / CHECKPOINT_DIR).glob("update_*.pt"))
+
+
+def resolve_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
+    """``checkpoint`` if given (a file in the run's ``checkpoints/``), else the run's latest; RunError otherwise."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise RunError(f"{run_dir} is not a run directory (no config.yaml)")
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise RunError(f"no checkpoint file {checkpoint}")
+        if path.resolve().parent != (run_dir / CHECKPOINT_DIR).resolve():
+            raise RunError(f"{checkpoint} is not one of {run_dir}'s checkpoints (in {run_dir / CHECKPOINT_DIR})")
+        return path
+    found = checkpoints(run_dir)
+    if not found:
+        raise RunError(f"{run_dir} has no checkpoint yet")
+    return found[-1]
+
+
+class LoadedRun(NamedTuple):
+    """A trained learner with its config and the checkpoint it came from."""
+
+    learner: MAPPO
+    config: RunConfig
+    checkpoint: Path
+    update: int
+    env_steps: int
 
 
 class Trainer:
@@ -452,20 +480,18 @@ class Trainer:
             signal.signal(sig, handler)
 
 
-def load_learner(run_dir: str | Path, checkpoint: str | Path | None = None) -> tuple[MAPPO, RunConfig]:
-    """The trained learner of a run (latest checkpoint unless given) and its config, for evaluation and export."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise RunError(f"{run_dir} is not a run directory (no config.yaml)")
-    config = load_config(run_dir / "config.yaml")
-    path = Path(checkpoint) if checkpoint else (checkpoints(run_dir) or [None])[-1]
-    if path is None:
-        raise RunError(f"{run_dir} has no checkpoint yet")
+def load_learner(run_dir: str | Path, checkpoint: str | Path | None = None) -> LoadedRun:
+    """The trained learner of a run (latest checkpoint unless given), for evaluation and export."""
+    path = resolve_checkpoint(run_dir, checkpoint)
+    config = load_config(Path(run_dir) / "config.yaml")
     env = make(config.env.name, num_envs=1, **config.env.make_kwargs())
     learner = MAPPO(
         env.obs_dim, env.num_agents, env.single_action_space, config, state_dim=getattr(env, "state_dim", None)
     )
     env.close()
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    learner.load_state_dict(state["learner"])
-    return learner, config
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        learner.load_state_dict(state["learner"])
+    except Exception as err:  # a truncated or foreign file
+        raise RunError(f"cannot load checkpoint {path}: {err}") from err
+    return LoadedRun(learner, config, path, int(state["update"]), int(state["env_steps"]))

@@ -229,6 +229,24 @@ class DroneSwarmEnv:
             start += size
         return layout
 
+    def command_spec(self) -> dict:
+        """How an action in [-1, 1] becomes the physical command :meth:`step` flies (per component).
+
+        ``command = clip(offset + scale * action, low, high)``: velocity setpoints [m/s] for ``vel`` actions,
+        motor speeds [RPM] for ``rpm`` actions. The exported policy computes the same affine map in its graph.
+        """
+        if self.action_type == "vel":
+            names, unit = ["vx", "vy", "vz"], "m/s"
+            scale, offset = [self.max_speed] * 3, [0.0] * 3
+            low, high = [-self.max_speed] * 3, [self.max_speed] * 3
+        else:
+            names, unit = ["m1", "m2", "m3", "m4"], "rpm"
+            hover = self.model.hover_rpm
+            scale, offset = [hover * self.rpm_range] * 4, [hover] * 4
+            low = [max(0.0, hover * (1.0 - self.rpm_range))] * 4
+            high = [min(self.model.max_rpm, hover * (1.0 + self.rpm_range))] * 4
+        return {"names": names, "unit": unit, "scale": scale, "offset": offset, "low": low, "high": high}
+
     def obs_field(self, name: str) -> slice:
         """Slice of the named observation field."""
         if name not in self._field_slices:
