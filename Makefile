@@ -28,7 +28,7 @@ bench: setup
 	$(BIN)/python benchmarks/perturb_overhead.py --out benchmarks/results/perturb_overhead.json
 	$(BIN)/python benchmarks/onnx_latency.py --out benchmarks/results/onnx_latency.json
 
-# Training wall-clock benchmarks (about 25 minutes: 1 + 5 + 15 minutes of training plus evaluation).
+# Training wall-clock benchmarks (about 15 minutes: 1 + 5 + 5 minutes of training plus evaluation).
 bench-train: setup
 	$(BIN)/python benchmarks/train_drones.py --task hover1 --out benchmarks/results/train_hover1.json
 	$(BIN)/python benchmarks/train_drones.py --task hover4 --out benchmarks/results/train_hover4.json

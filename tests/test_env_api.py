@@ -184,6 +184,24 @@ def test_navigation_reports_coverage() -> None:
     assert obs.shape[-1] == env.obs_dim and np.allclose(obs[0, :, env.obs_field("rel_goals")][:, :3], 0, atol=0.02)
 
 
+def test_navigation_targets_come_from_a_greedy_goal_matching() -> None:
+    env = make("drone-navigation", num_envs=1, num_drones=3, seed=0)
+    env.reset()
+    goals = env.task.targets[0].copy()
+    # drones 0 and 1 both sit near goal 0 (drone 1 closer); drone 2 sits near goal 2
+    pos = np.stack([goals[0] + [0.12, 0, 0], goals[0] + [0.05, 0, 0], goals[2] + [0, 0.02, 0]])[None]
+    env.sim.set_state(None, pos, np.tile([0, 0, 0, 1.0], (1, 3, 1)), rpm=np.full((1, 3, 4), CF2X.hover_rpm))
+    goal, dist = env.task.matching(pos, np.ones((1, 3), bool))
+    assert goal[0].tolist() == [1, 0, 2]  # the crowding drone 0 is sent to the goal left over
+    np.testing.assert_allclose(dist[0, 1:], [0.05, 0.02], atol=1e-9)
+    obs = env.observe()
+    np.testing.assert_allclose(obs[0, 0, env.obs_field("rel_target")], goals[1] - pos[0, 0], atol=1e-6)
+    # a crashed drone claims no goal: drone 1 down, drone 0 takes goal 0 back
+    goal, dist = env.task.matching(pos, np.array([[True, False, True]]))
+    assert goal[0].tolist() == [0, -1, 2] and np.isinf(dist[0, 1])
+    env.close()
+
+
 @pytest.mark.parametrize("name", TASKS)
 @pytest.mark.parametrize("backend", ["batched", "pybullet"])
 def test_pettingzoo_parallel_api(name: str, backend: str) -> None:

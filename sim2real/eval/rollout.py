@@ -23,7 +23,7 @@ class EvalResult:
     Attributes:
         returns: mean over agents of each agent's episode return.
         position_error_m: mean distance [m] of live drones to their targets over the hold window (the last
-            ``hold_fraction`` of the time limit); for navigation the target is the nearest goal.
+            ``hold_fraction`` of the time limit); for navigation the target is the goal matched to the drone.
         final_position_error_m: the same at the episode's last step.
         collisions: drone-drone collisions per episode (agents that hit another drone).
         crashes: agents that crashed into the ground or left the arena, per episode.

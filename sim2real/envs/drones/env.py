@@ -329,7 +329,7 @@ class DroneSwarmEnv:
         ) & active
         terminated = crash | collision | out
 
-        target_pos, _ = self.task.target_state(self.steps / self.ctrl_freq, pos)
+        target_pos, _ = self.task.target_state(self.steps / self.ctrl_freq, pos, active)
         w = self.reward_weights
         dist = self.task.distance(pos, target_pos, active)
         reward = (
@@ -379,7 +379,7 @@ class DroneSwarmEnv:
         s = self.sim
         pos, vel = s.pos, s.vel
         e, n = pos.shape[:2]
-        target_pos, target_vel = self.task.target_state(self.steps / self.ctrl_freq, pos)
+        target_pos, target_vel = self.task.target_state(self.steps / self.ctrl_freq, pos, self.active)
         obs = np.empty((e, n, self.obs_dim), dtype=np.float32)
         f = self._field_slices
         obs[..., f["rel_target"]] = target_pos - pos

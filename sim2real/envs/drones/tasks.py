@@ -95,8 +95,12 @@ class SwarmTask:
         z = rng.uniform(*self.target_height, (len(env_ids), self.num_drones, 1))
         self.targets[env_ids] = np.concatenate([xy, z], axis=-1)
 
-    def target_state(self, time_s: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each drone's target position and velocity ``[E, N, 3]`` at episode times ``time_s [E]`` [s]."""
+    def target_state(self, time_s: np.ndarray, pos: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each drone's target position and velocity ``[E, N, 3]`` at episode times ``time_s [E]`` [s].
+
+        ``pos [E, N, 3]`` and ``active [E, N]`` (drones still flying) are there for tasks whose targets
+        depend on where the swarm is.
+        """
         return self.targets, np.zeros_like(self.targets)
 
     def distance(self, pos: np.ndarray, target_pos: np.ndarray, active: np.ndarray) -> np.ndarray:
@@ -154,7 +158,7 @@ class FormationTask(SwarmTask):
         self.phase[env_ids] = rng.uniform(0.0, 2.0 * math.pi, len(env_ids))
         self.height[env_ids] = rng.uniform(*self.target_height, len(env_ids))
 
-    def target_state(self, time_s: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def target_state(self, time_s: np.ndarray, pos: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a = self.phase + self.omega * time_s
         r = self.path_radius
         ref = np.stack([r * np.cos(a), r * np.sin(a), self.height], axis=-1)
@@ -166,9 +170,11 @@ class FormationTask(SwarmTask):
 class NavigationTask(SwarmTask):
     """``drone-navigation``: N drones cover N goals (no assignment) without colliding.
 
-    Each drone observes every goal relative to itself, nearest first (field ``rel_goals``); its target is
-    the nearest goal. The proximity reward is shared: the mean over goals of the distance from the goal to
-    the nearest active drone. ``coverage`` is the fraction of goals with a drone within ``cover_radius``.
+    No fixed assignment: each drone's target (``rel_target``, the proximity reward and ``pos_error``) is the
+    goal a greedy matching of goals to flying drones gives it (closest goal-drone pair first, then the
+    closest of the rest), recomputed every step from where the swarm is; a drone can compute it from the
+    goals and its neighbours' positions. Each drone also observes every goal relative to itself, nearest
+    first (field ``rel_goals``). ``coverage`` is the fraction of goals with a drone within ``cover_radius``.
     """
 
     name = "navigation"
@@ -184,19 +190,39 @@ class NavigationTask(SwarmTask):
         order = np.argsort(np.sum(rel * rel, axis=-1), axis=-1)
         return np.take_along_axis(rel, order[..., None], axis=2)
 
-    def target_state(self, time_s: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each drone's target is its nearest goal."""
-        return pos + self._rel_goals(pos)[:, :, 0, :], np.zeros_like(pos)
+    def target_state(self, time_s: np.ndarray, pos: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each flying drone's target is the goal the greedy matching gives it; others target their nearest."""
+        goal, _ = self.matching(pos, active)
+        nearest = pos + self._rel_goals(pos)[:, :, 0, :]
+        matched = np.take_along_axis(self.targets, np.maximum(goal, 0)[..., None], axis=1)
+        return np.where(goal[..., None] >= 0, matched, nearest), np.zeros_like(pos)
 
     def _goal_distances(self, pos: np.ndarray, active: np.ndarray) -> np.ndarray:
         """Distance from each goal to the nearest active drone ``[E, G]`` (inf if none is active)."""
         d = np.linalg.norm(self.targets[:, :, None, :] - pos[:, None, :, :], axis=-1)  # [E, G, N]
         return np.min(np.where(active[:, None, :], d, np.inf), axis=-1)
 
-    def distance(self, pos: np.ndarray, target_pos: np.ndarray, active: np.ndarray) -> np.ndarray:
-        d_goal = self._goal_distances(pos, active)
-        d_goal = np.where(np.isfinite(d_goal), d_goal, 2.0 * self.half_width)
-        return np.broadcast_to(np.mean(d_goal, axis=-1, keepdims=True), active.shape)
+    def matching(self, pos: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Greedy goal-drone matching: the closest (goal, active drone) pair first, then the closest of the rest.
+
+        Returns each drone's matched goal index ``[E, N]`` (-1 for drones left without a goal: inactive ones,
+        or more drones than goals) and its distance to it [m] (inf when unmatched).
+        """
+        d = np.linalg.norm(self.targets[:, :, None, :] - pos[:, None, :, :], axis=-1)  # [E, G, N]
+        d = np.where(active[:, None, :], d, np.inf)
+        e, g, n = d.shape
+        goal = np.full((e, n), -1)
+        dist = np.full((e, n), np.inf)
+        rows = np.arange(e)
+        for _ in range(min(g, n)):
+            gi, ni = np.divmod(np.argmin(d.reshape(e, -1), axis=1), n)
+            best = d[rows, gi, ni]
+            ok = np.isfinite(best)
+            goal[rows[ok], ni[ok]] = gi[ok]
+            dist[rows[ok], ni[ok]] = best[ok]
+            d[rows[ok], gi[ok], :] = np.inf
+            d[rows[ok], :, ni[ok]] = np.inf
+        return goal, dist
 
     def extra_obs(self, pos: np.ndarray) -> np.ndarray:
         rel = self._rel_goals(pos)
