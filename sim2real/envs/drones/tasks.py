@@ -168,13 +168,14 @@ class FormationTask(SwarmTask):
 
 
 class NavigationTask(SwarmTask):
-    """``drone-navigation``: N drones cover N goals (no assignment) without colliding.
+    """``drone-navigation``: N drones cover N goals (no fixed assignment) without colliding.
 
     No fixed assignment: each drone's target (``rel_target``, the proximity reward and ``pos_error``) is the
     goal a greedy matching of goals to flying drones gives it (closest goal-drone pair first, then the
-    closest of the rest), recomputed every step from where the swarm is; a drone can compute it from the
-    goals and its neighbours' positions. Each drone also observes every goal relative to itself, nearest
-    first (field ``rel_goals``). ``coverage`` is the fraction of goals with a drone within ``cover_radius``.
+    closest of the rest), recomputed every step from where the swarm is; a drone that observes every other
+    drone (``num_neighbors >= N - 1``, the default up to 4 drones) can compute it itself. Each drone also
+    observes every goal relative to itself, nearest first (field ``rel_goals``). ``coverage`` is the
+    fraction of goals with a drone within ``cover_radius``.
     """
 
     name = "navigation"
