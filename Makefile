@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench bench-train clean
+.PHONY: setup demo test lint bench bench-train bench-robust clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench-train: setup
 	$(BIN)/python benchmarks/train_drones.py --task hover1 --out benchmarks/results/train_hover1.json
 	$(BIN)/python benchmarks/train_drones.py --task hover4 --out benchmarks/results/train_hover4.json
 	$(BIN)/python benchmarks/train_drones.py --task nav4 --out benchmarks/results/train_nav4.json
+
+# Robustness of six training methods x 3 seeds on 4-drone hover, standard suite on PyBullet (two workers).
+bench-robust: setup
+	$(BIN)/python benchmarks/robustness_drones.py --out benchmarks/results/robustness_drones.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info

@@ -90,6 +90,9 @@ def train_command(
     num_envs: int = typer.Option(None, min=1, help="Envs stepped together (env.num_envs)."),
     action_type: str = typer.Option(None, help="vel or rpm (env.action_type)."),
     algo: str = typer.Option(None, help="mappo (centralised critic) or ippo (algo)."),
+    robust: str = typer.Option(
+        None, help="Robust-training method: none, ernie, ernie-st, adv-pgd, gaussian or dr (robust.method)."
+    ),
     steps: float = typer.Option(None, help="Env steps to train, e.g. 2e6 (train.total_steps)."),
     time_limit: float = typer.Option(None, help="Stop after this many seconds of training (train.time_limit_s)."),
     seed: int = typer.Option(None, min=0, help="Random seed (seed)."),
@@ -114,6 +117,7 @@ def train_command(
                 "--num-envs": num_envs,
                 "--action-type": action_type,
                 "--algo": algo,
+                "--robust": robust,
                 "--seed": seed,
                 "--set": set_,
                 "--out": out,
@@ -136,6 +140,7 @@ def train_command(
                 "env.num_envs": num_envs,
                 "env.action_type": action_type,
                 "algo": algo,
+                "robust.method": robust,
                 "train.total_steps": steps,
                 "train.time_limit_s": time_limit,
                 "seed": seed,
@@ -151,8 +156,9 @@ def train_command(
             run = validate(data)
             run_dir = out or Path("runs") / (run.name or f"{run.env.name}-{run.algo}-s{run.seed}")
             trainer = Trainer.create(run, run_dir, progress=progress, overwrite=overwrite)
+            method = "" if run.robust.method == "none" else f" with {run.robust.method}"
             typer.echo(
-                f"training {run.algo} on {run.env.name} ({run.env.num_drones} drones, "
+                f"training {run.algo}{method} on {run.env.name} ({run.env.num_drones} drones, "
                 f"{run.env.num_envs} envs) -> {run_dir}"
             )
     except (ConfigError, RunError) as err:
@@ -178,71 +184,139 @@ def train_command(
 
 @app.command("eval")
 def eval_command(
-    policy: Path = typer.Option(..., help="A run directory (torch), a bundle directory or a policy.onnx file."),
-    episodes: int = typer.Option(32, min=1, help="Episodes per condition."),
-    backend: str = typer.Option("batched", help="Simulator: batched or pybullet."),
+    policies: list[Path] = typer.Argument(
+        ..., help="A run directory (torch), a bundle or a policy.onnx; with --compare: evaluated runs to compare."
+    ),
+    suite: str = typer.Option(
+        None, help="Robustness suite: standard, quick, or a suite YAML file (docs/robustness.md)."
+    ),
+    perturb: str = typer.Option(None, help="Instead of a suite: clean and this one spec (string form or YAML file)."),
+    episodes: int = typer.Option(32, min=1, help="Episodes per condition and backend."),
+    backend: str = typer.Option(
+        None,
+        help="Simulator: batched (default), pybullet, or both (the sim-to-sim gap); with --compare: the one shown.",
+    ),
     seed: int = typer.Option(10_000, min=0, help="Env seed of the first episode round (same seed, same episodes)."),
-    perturb: str = typer.Option(None, help="Also evaluate under this perturbation spec (string form or YAML file)."),
-    out: Path = typer.Option(None, help="Results JSON (default RUN/eval/results.json or runs/eval/NAME/...)."),
+    out: Path = typer.Option(None, help="Output directory (default RUN/eval, runs/eval/VERSION or runs/compare)."),
+    compare: bool = typer.Option(False, help="Cross table of the given runs' eval/results.json (seeds grouped)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """Evaluate a trained run or an exported policy file in simulation (clean, and perturbed with --perturb)."""
+    """Evaluate a policy under a robustness suite (results.json + report.md), or --compare evaluated runs."""
     import json
-    from datetime import datetime, timezone
 
-    from sim2real.eval import evaluate
-    from sim2real.eval.policies import PolicyLoadError, check_perturbations, load_policy
+    import torch
 
-    if backend not in ("batched", "pybullet"):
-        raise typer.BadParameter(f"unknown backend {backend!r}: choose batched or pybullet", param_hint="--backend")
+    from sim2real.eval.policies import PolicyLoadError, load_policy
+    from sim2real.eval.report import compare as compare_records
+    from sim2real.eval.report import write_report
+    from sim2real.eval.suite import Condition, Suite, SuiteError, family_of, load_suite, run_suite, skip_reason
+
+    torch.set_num_threads(1)
+    if out is not None and out.suffix == ".json":
+        raise typer.BadParameter(
+            f"--out is a directory (results.json and the report go into it), got {out}", param_hint="--out"
+        )
+    if backend not in (None, "batched", "pybullet", "both"):
+        raise typer.BadParameter(
+            f"unknown backend {backend!r}: choose batched, pybullet or both", param_hint="--backend"
+        )
+    if compare:
+        if suite is not None or perturb is not None:
+            raise typer.BadParameter(
+                "--compare reads existing results; run the suite on each run first", param_hint="--compare"
+            )
+        if backend == "both":
+            raise typer.BadParameter("--compare shows one backend: choose batched or pybullet", param_hint="--backend")
+        records = []
+        for path in policies:
+            file = path / "eval" / "results.json" if path.is_dir() else path
+            if not file.is_file():
+                raise typer.BadParameter(
+                    f"{path} has no {file.name}: run `sim2real eval {path} --suite standard` first",
+                    param_hint="POLICIES",
+                )
+            try:
+                records.append(json.loads(file.read_text()))
+            except ValueError as err:
+                raise typer.BadParameter(f"{file} is not a results JSON: {err}", param_hint="POLICIES") from err
+        out = out or Path("runs") / "compare"
+        try:
+            result = compare_records(records, out, backend=backend)
+        except KeyError as err:
+            typer.echo(f"a compared file is not a `sim2real eval` results.json (it has no {err})", err=True)
+            raise typer.Exit(2) from err
+        except ValueError as err:
+            typer.echo(str(err), err=True)
+            raise typer.Exit(2) from err
+        for label, m in result["methods"].items():
+            fams = ", ".join(f"{f} {v['ratio_mean']:.2f}" for f, v in m["families"].items() if f != "clean")
+            clean = m["conditions"]["clean"]
+            typer.echo(f"{label} ({clean['seeds']} seeds): clean return {clean['return_mean']:.1f}; ratio {fams}")
+        typer.echo(f"wrote {out / 'compare.md'} and {out / 'compare.json'}")
+        return
+    if len(policies) != 1:
+        raise typer.BadParameter(
+            "evaluate one policy at a time, or pass --compare to compare runs", param_hint="POLICIES"
+        )
+    if suite is not None and perturb is not None:
+        raise typer.BadParameter("give either --suite or --perturb, not both", param_hint="--perturb")
+    policy = policies[0]
     try:
         loaded = load_policy(policy)
-        if perturb is not None:
-            check_perturbations(loaded, perturb)
-    except PolicyLoadError as err:
+        if suite is not None:
+            chosen = load_suite(suite)
+        else:
+            conditions = [Condition("clean", "clean")]
+            if perturb is not None:
+                spec = _perturbation_spec(perturb)
+                conditions.append(Condition("perturbed", family_of(spec), spec))
+            chosen = Suite("custom" if perturb else "clean", conditions)
+            reason = skip_reason(loaded, conditions[-1])
+            if reason is not None:
+                raise PolicyLoadError(reason)
+    except (PolicyLoadError, SuiteError) as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from err
-    conditions: dict[str, object] = {"clean": None}
-    if perturb is not None:
-        conditions["perturbed"] = perturb
-    results = {}
-    for name, spec in conditions.items():
-        result = evaluate(
-            loaded.act,
-            loaded.env_id,
-            loaded.env_kwargs,
-            episodes=episodes,
-            backend=backend,
-            seed=seed,
-            perturbations=spec,
-            target=loaded.target,
-            progress=progress,
-        )
-        results[name] = {"perturbations": spec, **result.summary()}
+    backends = ("batched", "pybullet") if backend == "both" else (backend or "batched",)
+    try:
+        record = run_suite(loaded, chosen, backends=backends, episodes=episodes, seed=seed, progress=progress)
+    except SuiteError as err:  # a condition the policy's env rejects (checked before anything runs)
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from err
     if out is None:
-        if loaded.kind == "torch":
-            out = policy / "eval" / "results.json"
-        else:
-            out = Path("runs") / "eval" / loaded.version / "results.json"
-    record = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "policy": loaded.describe(),
-        "backend": backend,
-        "episodes": episodes,
-        "seed": seed,
-        "results": results,
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    typer.echo(f"{loaded.kind} policy {policy} on {loaded.env_id} ({backend}, {episodes} episodes, seed {seed})")
-    typer.echo(f"{'condition':>10s} {'return':>9s} {'pos err [m]':>12s} {'collisions':>10s} {'crashes':>8s}")
-    for name, r in results.items():
-        typer.echo(
-            f"{name:>10s} {r['mean_return']:9.2f} {r['mean_position_error_m']:12.4f} "
-            f"{r['collisions']:10d} {r['crashes']:8d}"
-            + (f"  coverage {r['goal_coverage']:.2f}" if "goal_coverage" in r else "")
-        )
-    typer.echo(f"results: {out}")
+        out = policy / "eval" if loaded.kind == "torch" else Path("runs") / "eval" / loaded.version
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    report = write_report(record, out)
+    typer.echo(
+        f"{loaded.kind} policy {policy} on {loaded.env_id}: suite {chosen.name}, {episodes} episodes, seed {seed}"
+    )
+    header = f"{'family':>10s} " + " ".join(f"{'ratio ' + b:>15s}" for b in backends)
+    typer.echo(header)
+    for family in record["families"]:
+        cells = [record["family_ratio"][b].get(family) for b in backends]
+        if any(c is not None for c in cells):
+            typer.echo(f"{family:>10s} " + " ".join(f"{c:15.3f}" if c is not None else f"{'-':>15s}" for c in cells))
+    clean = record["families"]["clean"]["clean"]
+    typer.echo("clean return " + ", ".join(f"{b} {clean[b]['mean_return']:.2f}" for b in backends))
+    skipped = [n for conds in record["families"].values() for n, e in conds.items() if "skipped" in e]
+    if skipped:
+        typer.echo(f"skipped {len(skipped)} condition(s) (reasons in the report): {', '.join(skipped)}")
+    typer.echo(f"results: {out / 'results.json'}; report: {report}")
+
+
+def _perturbation_spec(text: str) -> dict:
+    """A --perturb value (string form or YAML file) as a validated spec dict; PolicyLoadError when invalid."""
+    from sim2real.eval.policies import PolicyLoadError
+    from sim2real.perturb import SpecError, parse_spec
+
+    try:
+        spec = parse_spec(text).to_dict()
+    except SpecError as err:
+        raise PolicyLoadError(f"--perturb: {err}") from err
+    if not spec["perturbations"]:
+        raise PolicyLoadError("--perturb: the spec has no perturbations")
+    return spec
 
 
 @app.command("export")

@@ -109,6 +109,60 @@ class TrainConfig(_Strict):
         return int(self.total_steps)
 
 
+class ErnieConfig(_Strict):
+    """ERNIE / ERNIE-ST (``robust.method: ernie | ernie-st``; Bukharin et al. 2023, Eq. 2-4)."""
+
+    lam: float = Field(0.1, ge=0, description="weight lambda of the regulariser's batch mean in the actor loss")
+    eps: float = Field(0.5, gt=0, description="attack radius, normalised observation units")
+    steps: int = Field(2, ge=1, le=20, description="projected ascent steps K of the inner attack")
+    step_size: float | None = Field(None, gt=0, description="ascent step eta; default 2.5 eps / steps")
+    norm: Literal["l2", "linf"] = Field("l2", description="threat ball (ERNIE-ST needs l2)")
+    samples: int | None = Field(
+        256, ge=1, description="minibatch rows (env steps, all agents) the regulariser sees; null = all"
+    )
+
+
+class AdversarialConfig(_Strict):
+    """Adversarial training (``robust.method: adv-pgd``): rollouts on attacked observations."""
+
+    attack: Literal["pgd", "fgsm"] = "pgd"
+    eps: float = Field(0.1, gt=0, description="attack budget, normalised observation units")
+    steps: int = Field(3, ge=1, le=50, description="PGD steps (step size 2.5 eps / steps)")
+    norm: Literal["l2", "linf"] = "linf"
+    fraction: float = Field(0.5, ge=0, le=1, description="probability that an env's step is attacked")
+
+
+class GaussianConfig(_Strict):
+    """Gaussian-noise training (``robust.method: gaussian``)."""
+
+    std: float = Field(0.2, gt=0, description="noise standard deviation, normalised observation units")
+
+
+class DomainRandomizationConfig(_Strict):
+    """Domain randomisation (``robust.method: dr``)."""
+
+    spec: Any = Field(None, description="perturbation spec drawn per episode; null = the built-in dynamics ranges")
+
+
+class RobustConfig(_Strict):
+    """The robust-training method and its parameters (docs/robustness.md); only the chosen method's section acts."""
+
+    method: Literal["none", "ernie", "ernie-st", "adv-pgd", "gaussian", "dr"] = "none"
+    ernie: ErnieConfig = Field(default_factory=ErnieConfig)
+    adv: AdversarialConfig = Field(default_factory=AdversarialConfig)
+    gaussian: GaussianConfig = Field(default_factory=GaussianConfig)
+    dr: DomainRandomizationConfig = Field(default_factory=DomainRandomizationConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> RobustConfig:
+        if self.method == "ernie-st" and self.ernie.norm != "l2":
+            raise ValueError(
+                "ernie-st needs robust.ernie.norm l2: the sign step of the l-inf ball has no gradient in the "
+                "policy parameters, so the Stackelberg term would vanish"
+            )
+        return self
+
+
 class RunConfig(_Strict):
     """One training run. ``algo``: ``mappo`` (centralised critic) or ``ippo`` (decentralised critics)."""
 
@@ -118,6 +172,7 @@ class RunConfig(_Strict):
     env: EnvConfig = Field(default_factory=EnvConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    robust: RobustConfig = Field(default_factory=RobustConfig)
     perturbations: Any = Field(None, description="perturbation spec applied to the training env (e.g. DR)")
     checkpoint_every: int = Field(50, ge=1, description="updates between checkpoints")
     keep_checkpoints: int = Field(3, ge=1, description="periodic checkpoints kept besides the latest")
@@ -132,7 +187,15 @@ class RunConfig(_Strict):
                 f"env.num_envs x train.rollout_steps = {batch}"
             )
         if self.perturbations is not None:
-            check_training_perturbations(self)
+            check_training_perturbations(self, self.perturbations, "perturbations")
+        if self.robust.method == "dr":
+            if self.perturbations is not None:
+                raise ValueError(
+                    "robust.method dr and perturbations both perturb the training env; put the dynamics ranges into "
+                    "robust.dr.spec, or use perturbations alone (method none)"
+                )
+            if self.robust.dr.spec is not None:
+                check_randomization_spec(self.robust.dr.spec)
         return self
 
     @property
@@ -146,8 +209,24 @@ class RunConfig(_Strict):
         return max(1, math.ceil(self.train.total_env_steps / self.steps_per_update))
 
 
-def check_training_perturbations(config: RunConfig) -> None:
-    """Bind the run's perturbation spec to its env; reject what the trainer cannot serve.
+def check_randomization_spec(spec: Any) -> None:
+    """A domain-randomisation spec draws dynamics only: reject a bad spec or a kind outside ``dynamics.*``."""
+    from sim2real import perturb
+
+    try:
+        parsed = perturb.parse_spec(spec)
+    except perturb.SpecError as err:
+        raise ValueError(f"robust.dr.spec: {err}") from None
+    others = [p.kind for p in parsed.perturbations if not p.kind.startswith("dynamics.")]
+    if others:
+        raise ValueError(
+            f"robust.dr.spec: domain randomisation draws dynamics.* kinds only, not {others}; "
+            "use robust.method gaussian/adv-pgd or perturbations for the others"
+        )
+
+
+def check_training_perturbations(config: RunConfig, spec: Any, where: str) -> None:
+    """Bind a training perturbation spec (at ``where`` in the config) to the run's env; reject what it cannot serve.
 
     Training provides attacks with the actor (``adv.fgsm``/``adv.pgd`` with the divergence objective) but no
     action critic, team critic or learned adversary; those need a robust-training method that brings them.
@@ -157,15 +236,15 @@ def check_training_perturbations(config: RunConfig) -> None:
 
     env = make(config.env.name, num_envs=1, **config.env.make_kwargs())
     try:
-        wrapped = perturb.apply(env, config.perturbations)
+        wrapped = perturb.apply(env, spec)
     except perturb.SpecError as err:
-        raise ValueError(f"perturbations: {err}") from None
+        raise ValueError(f"{where}: {err}") from None
     finally:
         env.close()
     for name, need in wrapped.target_needs().items():
         if need != "policy":
             raise ValueError(
-                f"perturbations: {name} needs an AttackTarget with {need}, which plain training does not "
+                f"{where}: {name} needs an AttackTarget with {need}, which plain training does not "
                 "provide; use the divergence objective or a robust-training method that brings one"
             )
 

@@ -358,13 +358,11 @@ def test_exported_file_evaluates_like_the_torch_policy(bundle: Path, hover_run: 
     assert onnx_policy.env_kwargs == torch_policy.env_kwargs
     results = {}
     for name, loaded in (("torch", torch_policy), ("onnx", onnx_policy)):
-        out = tmp_path / f"{name}.json"
+        out = tmp_path / name
         source = hover_run if name == "torch" else bundle / "policy.onnx"
-        result = runner.invoke(
-            app, ["eval", "--policy", str(source), "--episodes", "8", "--no-progress", "--out", str(out)]
-        )
+        result = runner.invoke(app, ["eval", str(source), "--episodes", "8", "--no-progress", "--out", str(out)])
         assert result.exit_code == 0, result.output
-        results[name] = json.loads(out.read_text())["results"]["clean"]
+        results[name] = json.loads((out / "results.json").read_text())["families"]["clean"]["clean"]["batched"]
         direct = evaluate(loaded.act, loaded.env_id, loaded.env_kwargs, episodes=8, seed=10_000).summary()
         assert direct["mean_return"] == results[name]["mean_return"]
     a, b = results["torch"], results["onnx"]
@@ -375,13 +373,24 @@ def test_exported_file_evaluates_like_the_torch_policy(bundle: Path, hover_run: 
 
 
 def test_eval_rejects_gradient_attacks_on_an_exported_file_but_runs_other_perturbations(bundle: Path, tmp_path):
-    result = runner.invoke(app, ["eval", "--policy", str(bundle), "--perturb", "adv.fgsm(eps=0.1)", "--no-progress"])
+    result = runner.invoke(app, ["eval", str(bundle), "--perturb", "adv.fgsm(eps=0.1)", "--no-progress"])
     assert result.exit_code == 2 and "evaluate the run directory instead" in result.output
-    out = tmp_path / "noise.json"
-    args = ["eval", "--policy", str(bundle), "--episodes", "4", "--no-progress", "--out", str(out)]
+    out = tmp_path / "noise"
+    args = ["eval", str(bundle), "--episodes", "4", "--no-progress", "--out", str(out)]
     result = runner.invoke(app, [*args, "--perturb", "obs.gaussian(std=0.3)"])
     assert result.exit_code == 0, result.output
-    results = json.loads(out.read_text())["results"]
-    assert results["perturbed"]["mean_position_error_m"] > results["clean"]["mean_position_error_m"]
-    result = runner.invoke(app, ["eval", "--policy", str(tmp_path / "nothing"), "--no-progress"])
+    families = json.loads((out / "results.json").read_text())["families"]
+    perturbed, clean = families["obs_noise"]["perturbed"]["batched"], families["clean"]["clean"]["batched"]
+    assert perturbed["mean_position_error_m"] > clean["mean_position_error_m"]
+    assert (out / "report.md").is_file()
+    # the quick suite on the exported file skips the gradient attack with the reason, and runs the rest
+    result = runner.invoke(
+        app,
+        ["eval", str(bundle), "--suite", "quick", "--episodes", "2", "--no-progress", "--out", str(tmp_path / "quick")],
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "quick" / "results.json").read_text())
+    assert "evaluate the run directory instead" in record["families"]["attack"]["fgsm-0.1"]["skipped"]
+    assert "batched" in record["families"]["timing"]["obs-delay-1"]
+    result = runner.invoke(app, ["eval", str(tmp_path / "nothing"), "--no-progress"])
     assert result.exit_code == 2 and "does not exist" in result.output

@@ -31,6 +31,8 @@ class LoadedPolicy:
         source: the path it was loaded from.
         version: which trained parameters: the checkpoint file name (torch) or ``RUN_ID-vMODEL_VERSION`` (onnx).
         target: the ``AttackTarget`` for gradient attacks (torch only; None for ONNX files).
+        training: how a torch run was trained: ``{"algo": ..., "robust": the robust config section}``; None
+            for ONNX files.
     """
 
     act: Callable[[np.ndarray], np.ndarray]
@@ -40,6 +42,7 @@ class LoadedPolicy:
     source: str
     version: str
     target: Any = None
+    training: dict[str, Any] | None = None
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description for result files."""
@@ -49,6 +52,7 @@ class LoadedPolicy:
             ("checkpoint" if self.kind == "torch" else "version"): self.version,
             "env": self.env_id,
             "env_kwargs": self.env_kwargs,
+            "training": self.training,
         }
 
 
@@ -81,6 +85,7 @@ def _load_run(run_dir: Path) -> LoadedPolicy:
         source=str(run_dir),
         version=loaded.checkpoint.name,
         target=loaded.learner.attack_target(),
+        training={"algo": loaded.config.algo, "robust": loaded.config.robust.model_dump(mode="json")},
     )
 
 
@@ -99,31 +104,3 @@ def _load_onnx(path: Path) -> LoadedPolicy:
         raise PolicyLoadError(f"{path}: {err}") from err
     version = f"{policy.metadata.get('run_id')}-v{policy.model_version}"
     return LoadedPolicy(policy.act, env_id, env_kwargs, kind="onnx", source=str(path), version=version)
-
-
-def check_perturbations(policy: LoadedPolicy, spec: Any) -> None:
-    """Reject a perturbation spec the policy cannot be attacked with (PolicyLoadError naming the perturbation).
-
-    Gradient attacks need the torch actor; an exported ONNX file has no gradients, and no loaded policy brings
-    an action critic, team critic or learned adversary.
-    """
-    from sim2real import perturb
-
-    env = make(policy.env_id, num_envs=1, **policy.env_kwargs)
-    try:
-        needs = perturb.apply(env, spec).target_needs()
-    except perturb.SpecError as err:
-        raise PolicyLoadError(f"perturbations: {err}") from None
-    finally:
-        env.close()
-    for name, need in needs.items():
-        if policy.target is None and need == "policy":
-            raise PolicyLoadError(
-                f"{name} attacks the policy's gradients, which an exported {policy.kind} file does not have: "
-                "evaluate the run directory instead (the exported file computes the same actions)"
-            )
-        if getattr(policy.target, need, None) is None:
-            raise PolicyLoadError(
-                f"{name} needs an AttackTarget with {need}, which a {policy.kind} policy alone does not bring "
-                "(a robust-training method that learns one does)"
-            )

@@ -323,9 +323,13 @@ def _evaluation_summary(run_dir: Path, checkpoint: str, update: int) -> dict[str
     if summary.get("eval") and summary.get("updates") == update:
         found["training_eval"] = summary["eval"]
     results = _read_json(run_dir / "eval" / "results.json")
-    if results.get("policy", {}).get("checkpoint") == checkpoint:
-        keep = ("created", "backend", "episodes", "seed", "results")
-        found["eval"] = {k: results[k] for k in keep if k in results}
+    if results.get("policy", {}).get("checkpoint") == checkpoint and "families" in results:
+        keep = ("created", "backends", "episodes", "seed", "family_ratio")
+        found["eval"] = {
+            "suite": results["suite"]["name"],
+            "clean": results["families"]["clean"].get("clean"),
+            **{k: results[k] for k in keep if k in results},
+        }
     return found or None
 
 

@@ -76,6 +76,19 @@ def project(delta, eps, norm: str):
     return delta * torch.clamp(eps / length.clamp_min(1e-12), max=1.0)
 
 
+def ascent_step(delta, g, eta, eps, norm: str):
+    """One projected ascent step on ``delta [..., D]`` (torch): ``Proj(delta + eta * sign(g))`` for l-inf,
+    ``Proj(delta + eta * g / ||g||_2)`` for l2; ``eta`` and ``eps`` broadcast as ``[..., 1]``. Differentiable
+    (through ``g``) for l2."""
+    import torch
+
+    if norm == "linf":
+        step = torch.sign(g)
+    else:
+        step = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return project(delta + eta * step, eps, norm)
+
+
 def random_in_ball(shape: tuple[int, ...], eps, norm: str, mask, generator):
     """Uniform sample in the l-inf or l2 ball (over the ``mask`` columns) of radius ``eps [..., 1]``."""
     import torch
@@ -130,7 +143,7 @@ def gradient_attack(
     eta = torch.tensor(np.asarray(step_size), dtype=torch.float32)[..., None]
     with torch.no_grad():
         clean = target.policy(o)
-        clean = clean if isinstance(clean, torch.Tensor) else _detach_distribution(clean)
+        clean = clean if isinstance(clean, torch.Tensor) else detach_distribution(clean)
 
     def loss_fn(delta):
         out = target.policy(o + delta * scale)
@@ -152,12 +165,7 @@ def gradient_attack(
         for _ in range(steps):
             delta = delta.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(loss_fn(delta).sum(), delta)
-            g = g * mask
-            if norm == "linf":
-                delta = delta + eta * torch.sign(g)
-            else:
-                delta = delta + eta * g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            delta = project(delta, e, norm)
+            delta = ascent_step(delta, g * mask, eta, e, norm)
     return (o + delta.detach() * scale).numpy()
 
 
@@ -170,13 +178,13 @@ def _tiny_start(o, eps, mask, objective: str, generator):
     return torch.randn(o.shape, generator=generator) * 1e-3 * eps * mask
 
 
-def _detach_distribution(dist: Any) -> Any:
+def detach_distribution(dist: Any) -> Any:
     """A copy of a torch distribution built from detached parameters (Normal, Independent(Normal), Categorical)."""
     import torch
 
     d = torch.distributions
     if isinstance(dist, d.Independent):
-        return d.Independent(_detach_distribution(dist.base_dist), dist.reinterpreted_batch_ndims)
+        return d.Independent(detach_distribution(dist.base_dist), dist.reinterpreted_batch_ndims)
     if isinstance(dist, d.Normal):
         return d.Normal(dist.loc.detach(), dist.scale.detach())
     if isinstance(dist, d.Categorical):

@@ -99,7 +99,15 @@ class Actor(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> Distribution:
         """The action distribution for raw observations ``[..., N, D]`` (batch shape ``[..., N]``)."""
-        out = self.head(self.body(self.features(obs)))
+        return self.dist_normalized(self.normalize(obs))
+
+    def dist_normalized(self, x: torch.Tensor) -> Distribution:
+        """The action distribution for observations ``[..., N, D]`` already in normalised units.
+
+        Robust-training regularisers perturb here, so their budgets are in normalised units (the agent id is
+        appended after, and is never perturbed).
+        """
+        out = self.head(self.body(with_agent_id(x) if self.agent_id else x))
         if self.discrete:
             return Categorical(logits=out)
         return Normal(out, self.log_std.exp().expand_as(out))

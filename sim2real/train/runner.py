@@ -39,6 +39,7 @@ from sim2real.eval.rollout import evaluate, live_mean
 from sim2real.train.buffer import RolloutBuffer, gae
 from sim2real.train.hooks import TrainingHook
 from sim2real.train.mappo import MAPPO
+from sim2real.train.robust import make_hooks
 
 CHECKPOINT_DIR = "checkpoints"
 EPISODE_KEYS = ("episode_return", "episode_length", "pos_error", "collisions", "coverage")
@@ -87,7 +88,7 @@ class Trainer:
     Args:
         config: the validated run config.
         run_dir: the run directory.
-        hooks: robust-training plug-ins.
+        hooks: extra plug-ins, after those of the config's ``robust.method``.
         progress: show a progress bar.
     """
 
@@ -108,6 +109,7 @@ class Trainer:
             **config.env.make_kwargs(),
         )
         self.state_dim: int | None = getattr(env, "state_dim", None)
+        hooks = [*make_hooks(config), *(hooks or [])]
         self.learner = MAPPO(
             env.obs_dim, env.num_agents, env.single_action_space, config, state_dim=self.state_dim, hooks=hooks
         )
