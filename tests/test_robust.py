@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import gymnasium as gym
@@ -189,7 +190,7 @@ def test_suite_files_round_trip(tmp_path: Path) -> None:
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(suite.to_dict()))
         again = load_suite(path)
-        assert [c.to_dict() for c in again.conditions] == [c.to_dict() for c in suite.conditions]
+        assert [asdict(c) for c in again.conditions] == [asdict(c) for c in suite.conditions]
         assert again.to_dict() == suite.to_dict()
     standard = load_suite("standard")
     families = {c.family for c in standard.conditions}

@@ -61,16 +61,6 @@ class Condition:
     budget: float | None = None
     add_effects: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "family": self.family,
-            "spec": self.spec,
-            "sweep": self.sweep,
-            "budget": self.budget,
-            "add_effects": self.add_effects,
-        }
-
 
 @dataclass
 class Suite:
