@@ -33,7 +33,7 @@ from sim2real import __version__
 from sim2real.config import RobustConfig, load, set_field, validate
 from sim2real.eval.policies import load_policy
 from sim2real.eval.report import compare
-from sim2real.eval.suite import load_suite, run_suite
+from sim2real.eval.suite import load_suite, run_suite, skip_reason
 from sim2real.train import Trainer
 from sim2real.train.robust import METHODS
 
@@ -62,20 +62,23 @@ def train_and_evaluate(method: str, seed: int, args: argparse.Namespace) -> dict
     if config.train.total_steps != args.steps or config.robust != robust_section(method, args):
         raise SystemExit(f"{run_dir} holds another setting (steps, method); remove it or choose --runs-dir")
     results = run_dir / "eval" / "results.json"
+    suite, policy = load_suite(args.suite), load_policy(run_dir)
     if results.is_file():
         old = json.loads(results.read_text())
-        same = (old["suite"], old["episodes"], old["seed"], old["backends"]) == (
-            load_suite(args.suite).to_dict(),
+        was_skipped = {name for conds in old["families"].values() for name, e in conds.items() if "skipped" in e}
+        same = (old["suite"], old["episodes"], old["seed"], old["backends"], was_skipped) == (
+            suite.to_dict(),
             args.episodes,
             args.eval_seed,
             [args.backend],
+            {c.name for c in suite.conditions if skip_reason(policy, c) is not None},
         )
         if not same:
-            results.unlink()  # evaluated with other settings: evaluate again
+            results.unlink()  # evaluated with other settings (or skipped what it can run now): evaluate again
     if not results.is_file():
         record = run_suite(
-            load_policy(run_dir),
-            load_suite(args.suite),
+            policy,
+            suite,
             backends=(args.backend,),
             episodes=args.episodes,
             seed=args.eval_seed,
@@ -155,6 +158,7 @@ def main() -> None:
             "noise_and_attack_ratio": {"mean": float(np.mean(sweep)), "std": float(np.std(sweep)), "per_seed": sweep},
             "family_ratio": table["methods"][label]["families"],
             "train_wall_s": [d["train_wall_s"] for d in done if d["method"] == method],
+            "team_critic_heldout_r2": [r.get("team_critic", {}).get("heldout_r2") for r in recs],
         }
     goals: dict[str, Any] = {}
     if "mappo" in methods and "ernie-st" in methods:

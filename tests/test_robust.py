@@ -298,9 +298,18 @@ def test_suite_skips_what_the_policy_cannot_be_attacked_with_and_the_cli_rejects
         }
     )
     record = run_suite(load_policy(two_runs[0]), suite, episodes=2, progress=False)
-    assert "team_critic" in record["families"]["malicious"]["adv"]["skipped"]
     clean = record["families"]["clean"]["clean"]["batched"]["mean_return"]
     assert record["families"]["dynamics"]["drag"]["batched"]["mean_return"] != clean  # drag was switched on
+    # a run's adversarial teammates use its fitted team critic (cached next to the checkpoints)...
+    assert "skipped" not in record["families"]["malicious"]["adv"]
+    assert record["team_critic"]["heldout_r2"] > 0.5
+    assert len(list((two_runs[0] / "team_q").glob("update_*.pt"))) == 1
+    # ...an exported file has no critic: the condition is kept with the reason
+    from sim2real.export.exporter import export_run
+
+    export_run(two_runs[0], tmp_path / "bundle")
+    record = run_suite(load_policy(tmp_path / "bundle"), suite, episodes=2, progress=False)
+    assert "team_critic" in record["families"]["malicious"]["adv"]["skipped"]
     assert "malicious" not in record["family_ratio"]["batched"]
     broken = tmp_path / "broken.yaml"
     broken.write_text("conditions:\n  - {family: noise, name: x}\n")
@@ -314,3 +323,41 @@ def test_suite_skips_what_the_policy_cannot_be_attacked_with_and_the_cli_rejects
         assert result.exit_code == 2 and message in result.output, result.output
     result = runner.invoke(app, ["eval", "--compare", str(tmp_path)])
     assert result.exit_code == 2 and "first" in result.output
+
+
+def test_fitted_team_q_ranks_teammate_actions_like_a_one_step_lookahead(two_runs: list[Path]) -> None:
+    """The fitted Q(s, a) orders one agent's malicious candidates as the simulator's r + gamma V(s') does."""
+    import copy
+    import itertools
+
+    from sim2real.train import load_learner
+    from sim2real.train.team_q import fit_team_q
+
+    loaded = load_learner(two_runs[0])
+    net, stats = fit_team_q(loaded, num_envs=64, steps=120, epochs=20)
+    assert stats["heldout_r2"] > 0.5 and stats["transitions"] == 64 * 120
+    learner, gamma = loaded.learner, loaded.config.train.gamma
+    env = make(loaded.config.env.name, num_envs=32, seed=5, **loaded.config.env.make_kwargs())
+    obs, _ = env.reset(seed=5)
+    act = learner.policy()
+    for _ in range(20):
+        obs, *_ = env.step(act(obs))
+    base = act(obs)
+    corners = np.array(list(itertools.product((-1.0, 1.0), repeat=base.shape[-1])), np.float32)
+    candidates = [*corners, np.zeros(base.shape[-1], np.float32)]
+    true_q, fitted_q = [], []
+    o = torch.as_tensor(obs)
+    for cand in candidates:
+        joint = base.copy()
+        joint[:, 0] = cand
+        trial = copy.deepcopy(env)
+        next_obs, reward, terminated, *_ = trial.step(joint)
+        with torch.no_grad():
+            v_next = learner.values(torch.as_tensor(next_obs)) * torch.as_tensor(~terminated)
+            true_q.append((torch.as_tensor(reward) + gamma * v_next).sum(-1).numpy())
+            fitted_q.append(net(learner.actor.normalize(o).flatten(1), torch.as_tensor(joint).flatten(1)).numpy())
+    true_q, fitted_q = np.stack(true_q, 1), np.stack(fitted_q, 1)  # [E, C]
+    corr = [np.corrcoef(t, f)[0, 1] for t, f in zip(true_q, fitted_q, strict=True)]
+    assert np.median(corr) > 0.7, corr
+    picked = true_q[np.arange(len(true_q)), fitted_q.argmin(axis=1)]
+    assert np.mean(picked < true_q.mean(axis=1)) > 0.8  # the greedy pick is worse than an average candidate

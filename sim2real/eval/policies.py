@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ class LoadedPolicy:
         target: the ``AttackTarget`` for gradient attacks (torch only; None for ONNX files).
         training: how a torch run was trained: ``{"algo": ..., "robust": the robust config section}``; None
             for ONNX files.
+        fit_team_critic: ``(progress: bool) -> (team_critic, fit statistics)``: loads or fits the run's
+            joint-action critic that adversarial malicious teammates lower (:mod:`sim2real.train.team_q`);
+            None when there is none (ONNX files, discrete actions).
     """
 
     act: Callable[[np.ndarray], np.ndarray]
@@ -43,6 +47,7 @@ class LoadedPolicy:
     version: str
     target: Any = None
     training: dict[str, Any] | None = None
+    fit_team_critic: Callable[..., tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], dict[str, Any]]] | None = None
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description for result files."""
@@ -72,6 +77,7 @@ def load_policy(path: str | Path) -> LoadedPolicy:
 
 def _load_run(run_dir: Path) -> LoadedPolicy:
     from sim2real.train import RunError, load_learner
+    from sim2real.train.team_q import team_critic
 
     try:
         loaded = load_learner(run_dir)
@@ -86,6 +92,7 @@ def _load_run(run_dir: Path) -> LoadedPolicy:
         version=loaded.checkpoint.name,
         target=loaded.learner.attack_target(),
         training={"algo": loaded.config.algo, "robust": loaded.config.robust.model_dump(mode="json")},
+        fit_team_critic=None if loaded.learner.actor.discrete else partial(team_critic, loaded),
     )
 
 

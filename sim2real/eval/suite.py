@@ -19,7 +19,7 @@ mean return over the clean mean return on the same backend, episodes and seeds.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -217,29 +217,38 @@ def condition_env_kwargs(env_kwargs: dict[str, Any], condition: Condition) -> di
     return {**env_kwargs, "effects": sorted(effects)}
 
 
-def skip_reason(policy: LoadedPolicy, condition: Condition) -> str | None:
-    """Why ``policy`` cannot be evaluated under ``condition`` (attacks it has no target for), or None."""
+def condition_needs(policy: LoadedPolicy, condition: Condition) -> dict[str, str]:
+    """What each perturbation of ``condition`` needs from the policy's ``AttackTarget`` (name -> attribute)."""
     if condition.spec is None:
-        return None
+        return {}
     from sim2real import perturb
 
     env = make(policy.env_id, num_envs=1, **condition_env_kwargs(policy.env_kwargs, condition))
     try:
-        needs = perturb.apply(env, condition.spec).target_needs()
+        return perturb.apply(env, condition.spec).target_needs()
     except SpecError as err:
         raise SuiteError(f"condition {condition.name}: {err}") from None
     finally:
         env.close()
-    for name, need in needs.items():
+
+
+def skip_reason(policy: LoadedPolicy, condition: Condition) -> str | None:
+    """Why ``policy`` cannot be evaluated under ``condition`` (attacks it has no target for), or None.
+
+    A run whose team critic can be fitted (:mod:`sim2real.train.team_q`) counts as having one.
+    """
+    for name, need in condition_needs(policy, condition).items():
         if policy.target is None and need == "policy":
             return (
                 f"{name} attacks the policy's gradients, which an exported {policy.kind} file does not have: "
                 "evaluate the run directory instead (the exported file computes the same actions)"
             )
+        if need == "team_critic" and policy.fit_team_critic is not None:
+            continue
         if getattr(policy.target, need, None) is None:
-            return (
-                f"{name} needs an AttackTarget with {need}, which this {policy.kind} policy does not bring "
-                "(a MAPPO run's critic is a state value, not the joint-action Q this attack lowers)"
+            hint = " (evaluate the run directory: a run's team critic is fitted from rollouts)"
+            return f"{name} needs an AttackTarget with {need}, which this {policy.kind} policy does not bring" + (
+                hint if need == "team_critic" and policy.kind == "onnx" else ""
             )
     return None
 
@@ -262,9 +271,17 @@ def run_suite(
         the ``results.json`` record: ``families[family][condition][backend]`` holds the evaluation summary
         (``mean_return``, ``std_return`` over episodes, ``mean_position_error_m``, ``collisions``, ...) and the
         ``robustness_ratio``; ``family_ratio[backend][family]`` is the mean ratio over the family's
-        evaluated conditions. Skipped conditions carry ``skipped``: the reason.
+        evaluated conditions. Skipped conditions carry ``skipped``: the reason. When adversarial teammates
+        needed the run's fitted team critic, ``team_critic`` holds its fit statistics (held-out R^2).
     """
     skips = {c.name: skip_reason(policy, c) for c in suite.conditions}
+    target, team_critic_fit = policy.target, None
+    wants_team_critic = any(
+        skips[c.name] is None and "team_critic" in condition_needs(policy, c).values() for c in suite.conditions
+    )
+    if wants_team_critic and target.team_critic is None:
+        critic, team_critic_fit = policy.fit_team_critic(progress=progress)
+        target = replace(target, team_critic=critic)
     families: dict[str, dict[str, Any]] = {f: {} for f in FAMILIES}
     jobs = [(c, b) for c in suite.conditions for b in backends if skips[c.name] is None]
     bar = tqdm(total=len(jobs), desc=f"suite {suite.name}", unit="cond", disable=not progress)
@@ -286,7 +303,7 @@ def run_suite(
                     backend=backend,
                     seed=seed,
                     perturbations=condition.spec,
-                    target=policy.target,
+                    target=target,
                 )
                 summary = result.summary()
                 if condition.family == "clean":
@@ -305,6 +322,7 @@ def run_suite(
         "seed": seed,
         "families": families,
         "family_ratio": {b: family_ratios(families, b) for b in backends},
+        **({"team_critic": team_critic_fit} if team_critic_fit is not None else {}),
     }
 
 

@@ -80,7 +80,7 @@ class Actor(nn.Module):
             self.head = init_linear(nn.Linear(hidden[-1], int(action_space.n)), 0.01)
         elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
             self.discrete = False
-            act_dim = action_space.shape[0]
+            self.act_dim = act_dim = action_space.shape[0]
             self.head = init_linear(nn.Linear(hidden[-1], act_dim), 0.01)
             self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
             self.register_buffer("low", torch.as_tensor(action_space.low, dtype=torch.float32))
