@@ -5,10 +5,14 @@ BIN := $(VENV)/bin
 
 .PHONY: setup demo test lint bench bench-train bench-robust clean
 
-$(BIN)/.installed: pyproject.toml constraints.txt
+# The ROS 2 workspace packages install editable too (their nodes run as console scripts); colcon builds the
+# same packages for distro ROS 2 on robots (ros2_ws/README.md).
+ROS_PACKAGES := ros2_ws/src/s2r_ros ros2_ws/src/s2r_bench
+
+$(BIN)/.installed: pyproject.toml constraints.txt $(addsuffix /setup.py,$(ROS_PACKAGES))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]" $(addprefix -e ,$(ROS_PACKAGES))
 	touch $@
 
 setup: $(BIN)/.installed
@@ -17,7 +21,7 @@ demo: setup
 	$(BIN)/sim2real demo --out runs/demo
 
 lint: setup
-	$(BIN)/ruff check sim2real tests benchmarks
+	$(BIN)/ruff check sim2real tests benchmarks ros2_ws
 
 test: lint
 	$(BIN)/python -m pytest

@@ -395,6 +395,56 @@ def bundle_verify_command(
     typer.echo(describe_contract(contract, str(prov["model_version"])))
 
 
+bench_app = typer.Typer(help="The ROS 2 bench: fly an exported policy on the simulated swarm.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("ros")
+def bench_ros_command(
+    bundle: Path = typer.Option(..., help="The deployment bundle to fly (what `sim2real export` wrote)."),
+    scenario: str = typer.Option("clean", help="Built-in scenario (clean, noise, dropout, delay, malicious) or YAML."),
+    duration: float = typer.Option(20.0, min=2.0, max=3600.0, help="Flight time [s] after start-up."),
+    out: Path = typer.Option(..., help="Run directory to create: bag/, logs/, summary.json."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Run the ROS 2 bench: sim bridge, perturbation node, policy node and recorder in a private domain."""
+    from sim2real.bench.launcher import ProcessDiedError
+    from sim2real.bench.run import ScenarioError, load_scenario, run_bench
+    from sim2real.export import BundleError
+
+    try:
+        chosen = load_scenario(scenario)
+        summary = run_bench(bundle, chosen, duration_s=duration, out_dir=out, progress=progress)
+    except ScenarioError as err:
+        raise typer.BadParameter(str(err), param_hint="--scenario") from err
+    except (BundleError, FileExistsError) as err:
+        typer.echo(f"bench not started: {err}", err=True)
+        raise typer.Exit(2) from err
+    except ProcessDiedError as err:
+        typer.echo(f"bench failed: {err}", err=True)
+        raise typer.Exit(1) from err
+    typer.echo(_bench_lines(summary))
+
+
+def _bench_lines(summary: dict) -> str:
+    """The human summary of a bench run."""
+    o = summary["overall"]
+    lat = o["latency_ms"]
+    latency = f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} ms" if lat["count"] else "no commands"
+    tracking = o["tracking_error_mean_m"]
+    return "\n".join(
+        [
+            f"scenario {summary['scenario']['name']}: {summary['scenario']['description'] or 'no perturbation'}",
+            f"  observation-to-command latency p50 / p99: {latency} ({lat['count']} commands)",
+            f"  tracking error (hold window): {'n/a' if tracking is None else f'{tracking:.3f} m'}; "
+            f"min separation {o.get('min_separation_m') or float('nan'):.3f} m, collisions {o.get('collisions')}",
+            f"  failsafe entries {o['failsafe_entries']}, stale reports {o['stale_reports']}, drops {o['drops']}, "
+            f"perturbation events {summary['perturbation_events']['count']}",
+            f"  bag {Path(summary['bag'])}, metrics {Path(summary['bag']).parent / 'summary.json'}",
+        ]
+    )
+
+
 perturb_app = typer.Typer(help="Perturbation specs: list the kinds, check a spec.", no_args_is_help=True)
 app.add_typer(perturb_app, name="perturb")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -86,3 +88,33 @@ def match_cue() -> str:
     if "toy-match-cue" not in env_names():
         register(EnvSpec("toy-match-cue", MatchCueEnv, "toy discrete env for the learner tests"))
     return "toy-match-cue"
+
+
+def export_tiny_drone_bundle(directory: Path, **env: object) -> Path:
+    """Train a drone policy for 2 small updates and export it as a verified bundle ``directory/bundle``.
+
+    The policy is barely trained (a few seconds on 2 cores): good for plumbing tests, not for flying.
+    ``env`` holds the run's ``env`` section (``num_drones``, ``action_type``, ``name``...).
+    """
+    from sim2real.config import validate
+    from sim2real.export.exporter import export_run
+    from sim2real.train import Trainer
+
+    config = validate(
+        {
+            "name": "tiny",
+            "env": {"num_envs": 16, **env},
+            "train": {"total_steps": 16 * 8 * 2, "rollout_steps": 8},
+            "policy": {"hidden": [16, 16]},
+            "eval_episodes": 0,
+        }
+    )
+    Trainer.create(config, directory / "run", progress=False).train()
+    export_run(directory / "run", directory / "bundle")
+    return directory / "bundle"
+
+
+@pytest.fixture(scope="module")
+def vel_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle of a barely trained 2-drone hover policy with velocity actions (30 Hz, one neighbour)."""
+    return export_tiny_drone_bundle(tmp_path_factory.mktemp("vel"), num_drones=2)

@@ -243,7 +243,7 @@ def test_bundle_holds_hashes_contract_node_parameters_and_verifies(bundle: Path)
     assert manifest["provenance"]["checkpoint"] == "update_000060.pt"
     assert manifest["versions"]["opset"] == "18"
     params = (bundle / "policy_node.yaml").read_text()
-    assert "model_file: policy.onnx" in params and "rate_hz: 30.0" in params and "- cf2" in params
+    assert "env_id: drone-hover" in params and "rate_hz: 30.0" in params and "- cf2" in params
     env = make("drone-hover", num_drones=NUM_DRONES)
     verify_bundle(bundle, env_contract(env, "drone-hover"))
     env.close()

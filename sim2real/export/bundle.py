@@ -40,25 +40,24 @@ def sha256_file(path: Path) -> str:
 
 
 def node_parameters(contract: dict[str, Any]) -> dict[str, Any]:
-    """ROS 2 parameters (``/**: ros__parameters``) for the policy node serving this policy.
+    """ROS 2 parameters (``/**: ros__parameters``) of the ``s2r_ros`` policy node serving this policy.
 
-    Paths are relative to the bundle. The stale timeout is three control periods; the failsafe holds position
-    (zero velocity) for velocity policies and hovers (hover RPM) for motor policies.
+    ``env_id``, ``num_agents`` and ``action_type`` are checked against the bundle when the node starts; the
+    robots are ``cf1..cfN``; the stale timeout is three control periods. The bundle directory itself is the
+    node's ``bundle`` parameter, given where the bundle is installed.
     """
     n = int(contract["num_agents"])
     rate = float(contract["ctrl_freq_hz"] or 30.0)
     action_type = contract["action_type"]
     params = {
-        "model_file": POLICY_FILE,
         "env_id": contract["env_id"],
         "num_agents": n,
-        "robot_namespaces": [f"cf{i + 1}" for i in range(n)],
         "action_type": action_type,
+        "robots": [f"cf{i + 1}" for i in range(n)],
         "rate_hz": rate,
         "stale_timeout_s": round(3.0 / rate, 6),
         "state_topic": "odom",
         "command_topic": "cmd_rpm" if action_type == "rpm" else "cmd_vel",
-        "failsafe": "hover" if action_type == "rpm" else "zero_velocity",
     }
     return {"/**": {"ros__parameters": params}}
 
@@ -75,7 +74,7 @@ def write_bundle_files(
 ) -> dict[str, Any]:
     """Write the node parameters (robot envs only) and ``manifest.json`` beside ``policy.onnx``; return the manifest."""
     if contract["command"] is not None:
-        params = "# ROS 2 parameters of the sim2real policy node for this bundle (paths relative to the bundle)\n"
+        params = "# ROS 2 parameters of the s2r_ros policy node for this bundle (add -p bundle:=<this directory>)\n"
         params += yaml.safe_dump(node_parameters(contract), sort_keys=False)
         (directory / NODE_PARAMS_FILE).write_text(params)
     files = {}

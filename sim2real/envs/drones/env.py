@@ -17,7 +17,8 @@ import numpy as np
 from sim2real.envs.drones.backend import make_backend
 from sim2real.envs.drones.control import PIDController
 from sim2real.envs.drones.models import DroneModel, get_model
-from sim2real.envs.drones.pairs import pair_offsets, pair_table
+from sim2real.envs.drones.observation import drone_observation
+from sim2real.envs.drones.pairs import pair_offsets
 from sim2real.envs.drones.rotations import quat_to_matrix, rpy_to_quat, tilt_angle
 from sim2real.envs.drones.tasks import TASK_CLASSES, task_arguments
 
@@ -377,29 +378,19 @@ class DroneSwarmEnv:
     def _observe(self) -> tuple[np.ndarray, np.ndarray]:
         """Observations ``[E, N, obs_dim]`` float32 and the targets they were computed with."""
         s = self.sim
-        pos, vel = s.pos, s.vel
-        e, n = pos.shape[:2]
-        target_pos, target_vel = self.task.target_state(self.steps / self.ctrl_freq, pos, self.active)
-        obs = np.empty((e, n, self.obs_dim), dtype=np.float32)
-        f = self._field_slices
-        obs[..., f["rel_target"]] = target_pos - pos
-        obs[..., f["target_vel"]] = target_vel
-        obs[..., f["altitude"]] = pos[..., 2:3]
-        obs[..., f["vel"]] = vel
-        obs[..., f["rot"]] = quat_to_matrix(s.quat).reshape(e, n, 9)
-        obs[..., f["ang_vel"]] = s.ang_vel_body
-        obs[..., f["last_action"]] = self.last_action
-        k = self.num_neighbors
-        if k > 0:
-            dx, dy, dz = pair_offsets(pos)
-            order = np.argsort(dx * dx + dy * dy + dz * dz, axis=-1)[..., :k]  # [E, N, k] over the others
-            nearest = pair_table(n)[1].reshape(n, n - 1)[np.arange(n)[:, None], order]
-            env_idx = np.arange(e)[:, None, None]
-            obs[..., f["nbr_rel_pos"]] = (pos[env_idx, nearest] - pos[:, :, None, :]).reshape(e, n, 3 * k)
-            obs[..., f["nbr_rel_vel"]] = (vel[env_idx, nearest] - vel[:, :, None, :]).reshape(e, n, 3 * k)
-        extra = self.task.extra_obs(pos)
-        if extra is not None:
-            obs[..., self.obs_dim - extra.shape[-1] :] = extra
+        target_pos, target_vel = self.task.target_state(self.steps / self.ctrl_freq, s.pos, self.active)
+        obs = drone_observation(
+            s.pos,
+            s.quat,
+            s.vel,
+            s.ang_vel_body,
+            target_pos,
+            target_vel,
+            self.last_action,
+            self.num_neighbors,
+            self._field_slices,
+            self.task.extra_obs(s.pos),
+        )
         return obs, target_pos
 
     def observe(self) -> np.ndarray:

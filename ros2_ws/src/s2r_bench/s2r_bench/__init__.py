@@ -1,0 +1,1 @@
+"""sim2real ROS 2 test bench nodes."""

@@ -1,0 +1,160 @@
+"""``perturbation_node``: injects a perturbation spec between the robots' sensors and the policy.
+
+Per robot ``R`` of ``robots``, it proxies ``R/<state_in>`` (``odom_raw``) to ``R/<state_out>`` (``odom``),
+``nav_msgs/Odometry`` best effort, and, when ``command_in`` is set, ``R/<command_in>`` (``cmd_vel_raw``) to
+``R/<command_out>`` (``cmd_vel``), ``geometry_msgs/TwistStamped`` reliable. Each message goes through
+:class:`sim2real.perturb.stream.StreamPerturber` (the same perturbation objects as the simulator, one call per
+message): odometry as the fields ``position`` [3] (world, m), ``attitude`` [4] (quaternion x, y, z, w;
+renormalised after perturbation), ``velocity`` [3] (world, m/s) and ``gyro`` [3] (body, rad/s), so a
+spec's sensor names (``fields: [position, velocity]``) mean the same as in simulation; commands in the
+policy's action units (``command = offset + scale * action`` from the bundle's contract), so malicious
+``random`` commands are uniform over the command box. A message the spec drops (dropout, loss bursts) is not
+forwarded; a delayed one carries its original payload under the newest header. ``dynamics.*`` kinds act in
+the simulator and are rejected here.
+
+Ground truth: every perturbation hit is published on ``/bench/perturbation_events`` (``std_msgs/String``,
+JSON ``{robot, stream, kind, name, hits, magnitude}``). The service ``~/set_enabled``
+(``std_srvs/SetBool``) switches all perturbations on or off at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import partial
+from typing import Any
+
+import numpy as np
+from geometry_msgs.msg import TwistStamped
+from nav_msgs.msg import Odometry
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from s2r_ros.executor import run_node
+from s2r_ros.qos import COMMAND, SENSOR
+from std_msgs.msg import String
+from std_srvs.srv import SetBool
+
+from sim2real.deploy.codecs import fill_odometry, read_odometry
+from sim2real.deploy.state import RobotState
+from sim2real.export import verify_bundle
+from sim2real.perturb.stream import StreamPerturber
+
+NODE_NAME = "perturbation_node"
+ODOMETRY_LAYOUT = {"position": 3, "attitude": 4, "velocity": 3, "gyro": 3}
+EVENTS_TOPIC = "/bench/perturbation_events"
+
+
+def state_vector(state: RobotState) -> np.ndarray:
+    """``[13]``: position, quaternion, world velocity, body rates (the ``ODOMETRY_LAYOUT`` order)."""
+    return np.concatenate([state.pos, state.quat, state.vel, state.ang_vel_body])
+
+
+def vector_state(vector: np.ndarray, stamp_ns: int) -> RobotState:
+    """Inverse of :func:`state_vector`; the quaternion is renormalised (a zero one is left as is)."""
+    v = np.asarray(vector, dtype=np.float64)
+    quat = v[3:7]
+    norm = np.linalg.norm(quat)
+    return RobotState(v[0:3], quat / norm if norm > 0 else quat, v[7:10], v[10:13], stamp_ns)
+
+
+class PerturbationNode(Node):
+    """The perturbation node; ``kwargs`` go to ``rclpy.node.Node`` (``context``, ``parameter_overrides``...)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        spec_text = self.declare_parameter("spec", "").value
+        spec = json.loads(spec_text) if spec_text.strip().startswith(("{", "[")) else (spec_text or None)
+        self.declare_parameter("robots", Parameter.Type.STRING_ARRAY)
+        try:
+            self.robots = list(self.get_parameter("robots").value)
+        except ParameterUninitializedException as err:
+            raise ValueError("parameter 'robots' (the robot names, e.g. [cf1, cf2]) is required") from err
+        seed = self.declare_parameter("seed", 0).value
+        state_in = self.declare_parameter("state_in", "odom_raw").value
+        state_out = self.declare_parameter("state_out", "odom").value
+        command_in = self.declare_parameter("command_in", "").value
+        command_out = self.declare_parameter("command_out", "cmd_vel").value
+        self.twist_frame = self.declare_parameter("odom_twist_frame", "body").value
+        act_dim, self.offset, self.scale = 0, None, None
+        if command_in:
+            bundle = self.declare_parameter("bundle", "").value
+            if not bundle:
+                raise ValueError("parameter 'bundle' is required with 'command_in' (the command scale)")
+            contract = verify_bundle(bundle)["contract"]
+            if contract["action_type"] != "vel":
+                raise ValueError("the command hop carries geometry_msgs/TwistStamped: velocity policies only")
+            self.offset = np.asarray(contract["command"]["offset"], dtype=np.float64)
+            self.scale = np.asarray(contract["command"]["scale"], dtype=np.float64)
+            act_dim = len(self.offset)
+        n = len(self.robots)
+        self.perturbers = [
+            StreamPerturber(spec, ODOMETRY_LAYOUT, act_dim=act_dim, agent=i, num_agents=n, seed=seed) for i in range(n)
+        ]
+        self.kinds = {p.name: p.kind for p in self.perturbers[0].pipeline.items}
+        self.counts: list[dict[str, int]] = [{} for _ in range(n)]
+        self.state_publishers, self.command_publishers = [], []
+        for agent, robot in enumerate(self.robots):
+            self.create_subscription(Odometry, f"{robot}/{state_in}", partial(self._on_state, agent), SENSOR)
+            self.state_publishers.append(self.create_publisher(Odometry, f"{robot}/{state_out}", SENSOR))
+            if command_in:
+                self.create_subscription(
+                    TwistStamped, f"{robot}/{command_in}", partial(self._on_command, agent), COMMAND
+                )
+                self.command_publishers.append(self.create_publisher(TwistStamped, f"{robot}/{command_out}", COMMAND))
+        self.events_publisher = self.create_publisher(String, EVENTS_TOPIC, COMMAND)
+        self.create_service(SetBool, "~/set_enabled", self._on_set_enabled)
+        explained = "; ".join(self.perturbers[0].pipeline.explain()) or "nothing (pass-through)"
+        self.get_logger().info(f"{', '.join(self.robots)}: {state_in} -> {state_out}: {explained}")
+
+    def _on_state(self, agent: int, msg: Odometry) -> None:
+        state = read_odometry(msg, self.twist_frame)
+        out = self.perturbers[agent].observe(state_vector(state))
+        self._report(agent, "state")
+        if out is None:
+            return
+        fill_odometry(msg, vector_state(out, state.stamp_ns), self.twist_frame)
+        self.state_publishers[agent].publish(msg)
+
+    def _on_command(self, agent: int, msg: TwistStamped) -> None:
+        t = msg.twist.linear
+        action = (np.array([t.x, t.y, t.z]) - self.offset) / self.scale
+        out = self.perturbers[agent].command(action)
+        self._report(agent, "command")
+        if out is None:
+            return
+        t.x, t.y, t.z = (float(v) for v in self.offset + self.scale * out)
+        self.command_publishers[agent].publish(msg)
+
+    def _report(self, agent: int, stream: str) -> None:
+        """Publish the hits the last message added to robot ``agent``'s event log."""
+        for name, count in self.perturbers[agent].log.counts().items():
+            hits = count["events"] - self.counts[agent].get(name, 0)
+            if hits > 0:
+                self.counts[agent][name] = count["events"]
+                event = {
+                    "robot": self.robots[agent],
+                    "stream": stream,
+                    "kind": self.kinds[name],
+                    "name": name,
+                    "hits": hits,
+                    "mean_magnitude": count["mean_magnitude"],
+                }
+                self.events_publisher.publish(String(data=json.dumps(event)))
+
+    def _on_set_enabled(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        for perturber in self.perturbers:
+            perturber.set_enabled(request.data)
+        response.success = True
+        response.message = f"perturbations {'on' if request.data else 'off'}"
+        self.get_logger().info(response.message)
+        return response
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the node until SIGINT/SIGTERM (exit 0); 1 when its parameters are rejected."""
+    return run_node(PerturbationNode, NODE_NAME, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

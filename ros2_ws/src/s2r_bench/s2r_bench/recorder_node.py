@@ -1,0 +1,164 @@
+"""Record the topics of a bench run into a rosbag2 MCAP directory, without rosbag2.
+
+The node polls the graph every ``discovery_period_s`` and, for each wanted topic that has a publisher,
+subscribes with ``raw=True`` (CDR bytes, never deserialised) and hands the bytes to the pure-Python ``rosbags``
+rosbag2 writer (MCAP storage, Kilted typestore). The bag opens with ``rosbags``, ``mcap`` + ``mcap-ros2-support``
+and ``ros2 bag``.
+
+- Timestamp of each record: the middleware's receive time (``MessageInfo["received_timestamp"]``), in ns on the
+  host's wall clock (CLOCK_REALTIME), never sim time. It is taken when DDS receives the sample, so a recorder
+  that lags behind under load does not inflate the bench latencies computed against it.
+- Executor: rclpy's default single-threaded one. The EventsExecutor of rclpy 9.1.2 (Kilted wheels) cannot
+  deliver ``MessageInfo`` (``SystemError: null argument to internal routine`` on the first message), and its
+  ``spin()`` never runs timers; both measured on this project's machine.
+- QoS of a recording subscription: decided when the topic's first publisher is seen. RELIABLE only if every
+  publisher is reliable (a reliable reader cannot match a best-effort writer), TRANSIENT_LOCAL only if every
+  publisher is, KEEP_LAST ``qos_depth``.
+- Topics: ``topics`` (exact names) if set, else every discovered topic matching ``topic_regex``; topics matching
+  ``exclude_regex`` never. A type missing from the typestore or not importable is skipped with a warning.
+- SIGINT/SIGTERM: spinning stops and the bag is closed (MCAP footer + ``metadata.yaml``) with further SIGINT/SIGTERM
+  ignored, so it is always readable; only SIGKILL (or a crash) can leave an unreadable bag.
+
+Parameters: ``output_dir`` (str, the bag directory to create), ``topics`` (string array), ``topic_regex``,
+``exclude_regex`` (str), ``discovery_period_s`` (float, s), ``qos_depth`` (int). See ``config/recorder.yaml``.
+
+Run: ``python -m s2r_bench.recorder_node --ros-args -p output_dir:=runs/x/bag`` or ``s2r_bench_recorder ...``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import signal
+from pathlib import Path
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.subscription import MessageInfo, Subscription
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, TypesysError, get_typestore
+
+BAG_VERSION = 9
+
+
+def message_class(msgtype: str) -> type:
+    """The Python message class of a ROS type name such as ``std_msgs/msg/String``."""
+    package, kind, name = msgtype.split("/")
+    return getattr(importlib.import_module(f"{package}.{kind}"), name)
+
+
+def recording_qos(publisher_qos: list[QoSProfile], depth: int) -> QoSProfile:
+    """A subscription QoS that matches every given publisher QoS, as reliable and durable as they all allow."""
+    reliable = all(qos.reliability == ReliabilityPolicy.RELIABLE for qos in publisher_qos)
+    latched = all(qos.durability == DurabilityPolicy.TRANSIENT_LOCAL for qos in publisher_qos)
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=depth,
+        reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE,
+    )
+
+
+class RecorderNode(Node):
+    """Raw subscriptions to the wanted topics, written to one rosbag2 MCAP bag; call ``close()`` at the end."""
+
+    def __init__(self) -> None:
+        super().__init__("recorder")
+        output_param = self.declare_parameter("output_dir", "").value
+        if not output_param:
+            raise ValueError("parameter output_dir (the bag directory to create) is required")
+        output_dir = Path(output_param)
+        self.declare_parameter("topics", Parameter.Type.STRING_ARRAY)
+        self._topics: set[str] = set(self.get_parameter_or("topics").value or [])  # unset: every topic
+        self._include = re.compile(self.declare_parameter("topic_regex", "").value)
+        self._exclude = re.compile(self.declare_parameter("exclude_regex", "^/(rosout|parameter_events)$").value)
+        self._depth = int(self.declare_parameter("qos_depth", 100).value)
+        discovery_period_s = float(self.declare_parameter("discovery_period_s", 0.1).value)
+
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._typestore = get_typestore(Stores.ROS2_KILTED)
+        self._writer = Writer(output_dir, version=BAG_VERSION, storage_plugin=StoragePlugin.MCAP)
+        self._writer.open()
+        self._output_dir = output_dir
+        self._recording: dict[str, Subscription] = {}
+        self._skipped: set[str] = set()
+        self.message_count = 0
+        self.create_timer(discovery_period_s, self._discover)
+        self._discover()
+        self.get_logger().info(f"recording to {output_dir}")
+
+    def _wanted(self, topic: str) -> bool:
+        if self._exclude.pattern and self._exclude.search(topic):
+            return False
+        if self._topics:
+            return topic in self._topics
+        return bool(self._include.search(topic))
+
+    def _discover(self) -> None:
+        for topic, types in self.get_topic_names_and_types():
+            if topic in self._recording or topic in self._skipped or not self._wanted(topic):
+                continue
+            publishers = self.get_publishers_info_by_topic(topic)
+            if not publishers:
+                continue  # decide the QoS once a publisher shows up
+            if len(types) != 1:
+                self.get_logger().warning(f"not recording {topic}: it carries several types {types}")
+                self._skipped.add(topic)
+                continue
+            self._subscribe(topic, types[0], recording_qos([info.qos_profile for info in publishers], self._depth))
+
+    def _subscribe(self, topic: str, msgtype: str, qos: QoSProfile) -> None:
+        try:
+            msg_class = message_class(msgtype)
+            connection = self._writer.add_connection(topic, msgtype, typestore=self._typestore)
+        except (ImportError, AttributeError, TypesysError) as err:
+            self.get_logger().warning(f"not recording {topic}: type {msgtype} is unknown here ({err!r})")
+            self._skipped.add(topic)
+            return
+
+        def on_message(data: bytes, info: MessageInfo) -> None:
+            self._writer.write(connection, info["received_timestamp"], data)
+            self.message_count += 1
+
+        self._recording[topic] = self.create_subscription(msg_class, topic, on_message, qos, raw=True)
+        self.get_logger().info(f"recording {topic} [{msgtype}] {qos.reliability.name} {qos.durability.name}")
+
+    def close(self) -> None:
+        """Write the bag's footer and ``metadata.yaml``; no message is recorded afterwards."""
+        for subscription in self._recording.values():
+            self.destroy_subscription(subscription)
+        self._recording.clear()
+        self._writer.close()
+        # not the node's logger: after a signal the context is shut down and its /rosout publisher is gone
+        rclpy.logging.get_logger("s2r_bench.recorder").info(f"closed {self._output_dir}: {self.message_count} messages")
+
+
+def main(args: list[str] | None = None) -> None:
+    """Record until SIGINT or SIGTERM, then close the bag."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = RecorderNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception:
+        # a signal that shuts the context down between spin's ok() check and its wait set makes rclpy raise
+        # RCLError "the given context is not valid" (seen under load): a normal stop, anything else is not
+        if rclpy.ok():
+            raise
+    finally:
+        # a second signal (the launcher escalating) must not cut the bag's footer short; SIGKILL still can
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""``sim_bridge_node``: the drone simulator exposed on the topics and QoS a real swarm driver uses.
+
+Per robot ``R`` of ``robots`` (``cf1``..``cfN`` by default):
+
+- publishes ``R/<state_topic>`` (``nav_msgs/Odometry``, best effort depth 1, REP 105: pose in ``world``,
+  twist in the body frame; ``state_topic`` is ``odom``, or ``odom_raw`` when a perturbation node sits
+  between the bridge and the policy), stamped with the node's (system) clock at the step;
+- publishes ``R/truth`` (the same, unperturbed, for the bench's metrics) and ``R/goal``
+  (``geometry_msgs/PoseStamped``, the robot's target; reliable, at ``goal_rate_hz`` and on change);
+- subscribes ``R/cmd_vel`` (``geometry_msgs/TwistStamped``, world-frame m/s) for velocity policies or
+  ``R/cmd_rpm`` (``std_msgs/Float32MultiArray``, RPM) for motor policies, reliable depth 1.
+
+plus ``/clock`` (``rosgraph_msgs/Clock``, simulated time). The physics is :class:`sim2real.bench.bridge.BridgeSim`
+(PyBullet by default; ``dynamics`` takes a ``dynamics.*`` perturbation spec as JSON). ``mode: realtime``
+steps on a wall-clock timer at the env's control rate; ``mode: lockstep`` steps as soon as every robot has
+answered the last odometry (its command carries that stamp), or after ``lockstep_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import partial
+from typing import Any
+
+import numpy as np
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from nav_msgs.msg import Odometry
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rosgraph_msgs.msg import Clock
+from s2r_ros.executor import run_node
+from s2r_ros.qos import COMMAND, SENSOR
+from std_msgs.msg import Float32MultiArray
+
+from sim2real.bench.bridge import BridgeSim
+from sim2real.deploy.codecs import fill_odometry, fill_stamp, stamp_to_ns
+from sim2real.export import verify_bundle
+
+NODE_NAME = "sim_bridge"
+MODES = ("realtime", "lockstep")
+
+
+class SimBridgeNode(Node):
+    """The sim bridge; ``kwargs`` go to ``rclpy.node.Node`` (``context``, ``parameter_overrides``...)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        bundle = self.declare_parameter("bundle", "").value
+        if not bundle:
+            raise ValueError("parameter 'bundle' (the exported bundle whose env to simulate) is required")
+        contract = verify_bundle(bundle)["contract"]
+        dynamics = self.declare_parameter("dynamics", "").value
+        self.sim = BridgeSim(
+            contract["env_id"],
+            dict(contract["env_params"]),
+            backend=self.declare_parameter("backend", "pybullet").value,
+            seed=self.declare_parameter("seed", 0).value,
+            duration_s=self.declare_parameter("duration_s", 60.0).value,
+            dynamics=json.loads(dynamics) if dynamics else None,
+            command_timeout_s=self.declare_parameter("command_timeout_s", 0.5).value,
+        )
+        n = self.sim.num_agents
+        self.declare_parameter("robots", Parameter.Type.STRING_ARRAY)
+        try:
+            self.robots = list(self.get_parameter("robots").value)
+        except ParameterUninitializedException:
+            self.robots = [f"cf{i + 1}" for i in range(n)]
+        if len(self.robots) != n:
+            raise ValueError(f"the simulated swarm has {n} robots; parameter 'robots' names {len(self.robots)}")
+        self.mode = self.declare_parameter("mode", "realtime").value
+        if self.mode not in MODES:
+            raise ValueError(f"parameter 'mode' must be one of {MODES}, got {self.mode!r}")
+        self.world_frame = self.declare_parameter("world_frame", "world").value
+        state_topic = self.declare_parameter("state_topic", "odom").value
+        vel = contract["action_type"] == "vel"
+        command_topic = self.declare_parameter("command_topic", "cmd_vel" if vel else "cmd_rpm").value
+        command_type = TwistStamped if vel else Float32MultiArray
+
+        self.state_publishers, self.truth_publishers, self.goal_publishers = [], [], []
+        for agent, robot in enumerate(self.robots):
+            self.state_publishers.append(self.create_publisher(Odometry, f"{robot}/{state_topic}", SENSOR))
+            self.truth_publishers.append(self.create_publisher(Odometry, f"{robot}/truth", SENSOR))
+            self.goal_publishers.append(self.create_publisher(PoseStamped, f"{robot}/goal", COMMAND))
+            on_command = partial(self._on_command, agent)
+            self.create_subscription(command_type, f"{robot}/{command_topic}", on_command, COMMAND)
+        self.clock_publisher = self.create_publisher(Clock, "/clock", SENSOR)
+        self.answered = np.zeros(n, dtype=bool)
+        self.last_stamp_ns = -1
+        self.last_step_ns = 0
+        self.lockstep_timeout_ns = int(self.declare_parameter("lockstep_timeout_s", 0.1).value * 1e9)
+        self.goals = np.full((n, 3), np.nan)
+        self.goal_period_ns = int(1e9 / self.declare_parameter("goal_rate_hz", 2.0).value)
+        self.last_goal_ns = 0
+        period = 1.0 / self.sim.ctrl_freq
+        self.create_timer(period if self.mode == "realtime" else period / 4, self._on_timer)
+        self._publish_states(self._now_ns())
+        self.get_logger().info(
+            f"{contract['env_id']} with {n} robots ({', '.join(self.robots)}) on {self.sim.env.backend} "
+            f"at {self.sim.ctrl_freq:g} Hz, {self.mode}; state on */{state_topic}, commands on */{command_topic}"
+        )
+
+    def _now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _on_command(self, agent: int, msg: TwistStamped | Float32MultiArray) -> None:
+        now = self._now_ns()
+        if isinstance(msg, TwistStamped):
+            t = msg.twist.linear
+            command, stamp = np.array([t.x, t.y, t.z]), stamp_to_ns(msg.header.stamp)
+        else:
+            command, stamp = np.frombuffer(msg.data, dtype=np.float32), None
+        if not self.sim.set_command(agent, command, now):
+            self.get_logger().warning(f"{self.robots[agent]}: rejected command {command.tolist()}", once=True)
+            return
+        if self.mode == "lockstep" and (stamp is None or stamp == self.last_stamp_ns):
+            self.answered[agent] = True
+            if np.all(self.answered | ~self.sim.env.active[0]):
+                self._step(now)
+
+    def _on_timer(self) -> None:
+        now = self._now_ns()
+        if self.mode == "realtime" or now - self.last_step_ns >= self.lockstep_timeout_ns:
+            self._step(now)
+
+    def _step(self, now: int) -> None:
+        self.sim.step(now)
+        self.answered[:] = False
+        self.last_step_ns = now
+        self._publish_states(now)
+
+    def _publish_states(self, now: int) -> None:
+        self.last_stamp_ns = now
+        for agent, state in enumerate(self.sim.states(now)):
+            msg = Odometry()
+            msg.header.frame_id, msg.child_frame_id = self.world_frame, f"{self.robots[agent]}/base_link"
+            fill_odometry(msg, state)
+            self.state_publishers[agent].publish(msg)
+            self.truth_publishers[agent].publish(msg)
+        goals = self.sim.targets()
+        if now - self.last_goal_ns >= self.goal_period_ns or not np.allclose(goals, self.goals):
+            self.goals, self.last_goal_ns = goals, now
+            for agent, goal in enumerate(goals):
+                msg = PoseStamped()
+                msg.header.frame_id = self.world_frame
+                fill_stamp(msg.header.stamp, now)
+                msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in goal)
+                msg.pose.orientation.w = 1.0
+                self.goal_publishers[agent].publish(msg)
+        clock = Clock()
+        fill_stamp(clock.clock, int(self.sim.time_s * 1e9))
+        self.clock_publisher.publish(clock)
+
+    def destroy_node(self) -> None:
+        self.sim.close()
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the node until SIGINT/SIGTERM (exit 0); 1 when its parameters are rejected."""
+    return run_node(SimBridgeNode, NODE_NAME, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""``policy_node``: an exported sim2real drone policy flying a swarm over ROS 2.
+
+Per robot ``R`` in the ``robots`` parameter (crazyswarm2-style names, relative to the node's namespace):
+
+- subscribes ``R/odom`` (``nav_msgs/Odometry``, best effort, depth 1; pose in the world frame, twist in
+  the body frame as REP 105 says, or in the world frame with ``odom_twist_frame: world``; stamped on the
+  node's clock) and, unless ``goal_topic`` is empty, ``R/goal`` (``geometry_msgs/PoseStamped``, reliable,
+  world frame) which replaces R's entry of the ``targets`` parameter;
+- publishes ``R/cmd_vel`` (``geometry_msgs/TwistStamped``: world-frame velocity setpoint [m/s] in
+  ``twist.linear``, frame ``world_frame``) for ``vel`` policies, or ``R/cmd_rpm`` (``std_msgs/
+  Float32MultiArray``: motor speeds [RPM], one dimension labelled ``m1,m2,m3,m4``) for ``rpm`` policies,
+  reliable, depth 1. A command's header stamp is the stamp of the odometry that produced it (latency from
+  stamps); the watchdog's safe commands carry the time they were sent.
+
+and publishes one ``diagnostic_msgs/DiagnosticStatus`` per robot on ``/diagnostics`` (hardware_id = robot).
+Control is event-driven on odometry arrival, decimated to the policy's control rate; the failsafe, clamp and
+rate limit are ``sim2real.deploy`` (see ``SwarmController``). Parameters: ``config/policy.yaml``.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from nav_msgs.msg import Odometry
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from std_msgs.msg import Float32MultiArray, MultiArrayDimension
+
+from s2r_ros.executor import run_node
+from s2r_ros.qos import COMMAND, DIAGNOSTICS, SENSOR
+from sim2real.deploy import AgentCommand, SwarmController
+from sim2real.deploy.codecs import TWIST_FRAMES, fill_stamp, fill_twist_stamped, read_odometry, read_position
+from sim2real.export import OnnxPolicy, verify_bundle
+from sim2real.export.bundle import POLICY_FILE
+
+NODE_NAME = "policy_node"
+COMMAND_TOPICS = {"vel": "cmd_vel", "rpm": "cmd_rpm"}
+
+
+class PolicyNode(Node):
+    """The policy node; ``kwargs`` go to ``rclpy.node.Node`` (``context``, ``parameter_overrides``...).
+
+    Raises:
+        BundleError, ContractError: the bundle fails verification or does not match the declared
+            ``env_id``, ``num_agents`` or ``action_type``.
+        ValueError: inconsistent parameters (robot count, targets, frames).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        bundle = self.declare_parameter("bundle", "").value
+        if not bundle:
+            raise ValueError("parameter 'bundle' (the exported bundle directory) is required")
+        declared = {
+            "env_id": self.declare_parameter("env_id", "").value,
+            "num_agents": self.declare_parameter("num_agents", 0).value,
+            "action_type": self.declare_parameter("action_type", "").value,
+        }
+        manifest = verify_bundle(bundle, {key: value for key, value in declared.items() if value})
+        self.policy = OnnxPolicy(Path(bundle) / POLICY_FILE)
+        contract = self.policy.contract
+        num_agents = int(contract["num_agents"])
+
+        robots = self._array_parameter("robots", Parameter.Type.STRING_ARRAY) or [
+            f"cf{i + 1}" for i in range(num_agents)
+        ]
+        if len(robots) != num_agents:
+            raise ValueError(f"the policy flies {num_agents} robots; parameter 'robots' names {len(robots)}")
+        targets = self._array_parameter("targets", Parameter.Type.DOUBLE_ARRAY)
+        if targets and len(targets) != 3 * num_agents:
+            raise ValueError(
+                f"parameter 'targets' needs x, y, z per robot ({3 * num_agents} numbers), got {len(targets)}"
+            )
+        self.twist_frame = self.declare_parameter("odom_twist_frame", "body").value
+        if self.twist_frame not in TWIST_FRAMES:
+            raise ValueError(f"parameter 'odom_twist_frame' must be one of {TWIST_FRAMES}, got {self.twist_frame!r}")
+        self.world_frame = self.declare_parameter("world_frame", "world").value
+        trained_hz = float(contract["ctrl_freq_hz"] or 0.0)
+        rate_hz = self.declare_parameter("rate_hz", trained_hz).value
+        self.controller = SwarmController(
+            self.policy,
+            targets=np.asarray(targets, dtype=np.float64).reshape(num_agents, 3) if targets else None,
+            rate_hz=rate_hz,
+            stale_timeout_s=self.declare_parameter("stale_timeout_s", 0.0).value,
+            max_step_fraction=self.declare_parameter("max_step_fraction", 0.0).value,
+        )
+        if trained_hz and abs(self.controller.rate_hz - trained_hz) > 1e-9:
+            self.get_logger().warning(f"control rate {rate_hz} Hz differs from the trained {trained_hz:g} Hz")
+
+        self.robots = list(robots)
+        self.spec = self.controller.spec
+        state_topic = self.declare_parameter("state_topic", "odom").value
+        goal_topic = self.declare_parameter("goal_topic", "goal").value
+        command_topic = self.declare_parameter("command_topic", COMMAND_TOPICS[self.spec.action_type]).value
+        message_type = TwistStamped if self.spec.action_type == "vel" else Float32MultiArray
+        self.command_publishers = []
+        for agent, robot in enumerate(self.robots):
+            self.create_subscription(Odometry, f"{robot}/{state_topic}", partial(self._on_odometry, agent), SENSOR)
+            if goal_topic:
+                self.create_subscription(PoseStamped, f"{robot}/{goal_topic}", partial(self._on_goal, agent), COMMAND)
+            self.command_publishers.append(self.create_publisher(message_type, f"{robot}/{command_topic}", COMMAND))
+        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS)
+        self.create_timer(1.0 / self.controller.rate_hz, self._on_watchdog)
+        self.create_timer(self.declare_parameter("diagnostics_period_s", 1.0).value, self._on_diagnostics)
+        self.get_logger().info(
+            f"policy {contract['env_id']} (run {manifest['provenance'].get('run_id')}, model version "
+            f"{self.policy.model_version}) for {', '.join(self.robots)}: {self.spec.action_type} commands "
+            f"[{self.spec.unit}] on {command_topic}, event-driven on {state_topic} at most "
+            f"{self.controller.rate_hz:g} Hz, stale after {self.controller.failsafe.stale_timeout_s * 1e3:.0f} ms"
+        )
+
+    def _array_parameter(self, name: str, kind: Parameter.Type) -> list:
+        """An array parameter that may be left unset (an empty list then)."""
+        self.declare_parameter(name, kind)
+        try:
+            return list(self.get_parameter(name).value)
+        except ParameterUninitializedException:
+            return []
+
+    def _now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _on_odometry(self, agent: int, msg: Odometry) -> None:
+        out = self.controller.on_state(agent, read_odometry(msg, self.twist_frame), self._now_ns())
+        if out is not None:
+            self._publish(out)
+
+    def _on_goal(self, agent: int, msg: PoseStamped) -> None:
+        self.controller.set_target(agent, read_position(msg))
+
+    def _on_watchdog(self) -> None:
+        for out in self.controller.watchdog(self._now_ns()):
+            self._publish(out)
+
+    def _publish(self, out: AgentCommand) -> None:
+        guarded, robot = out.guarded, self.robots[out.agent]
+        if guarded.changed:
+            if guarded.previous_fault is None:
+                self.get_logger().warning(
+                    f"{robot}: failsafe ({guarded.fault}), sending the safe command {guarded.command.tolist()} "
+                    f"{self.spec.unit}"
+                )
+            elif guarded.fault is None:
+                self.get_logger().info(f"{robot}: failsafe left ({guarded.previous_fault}), policy in control")
+            else:
+                self.get_logger().warning(f"{robot}: failsafe {guarded.previous_fault} -> {guarded.fault}")
+        if self.spec.action_type == "vel":
+            msg = velocity_message(guarded.command, out.stamp_ns, self.world_frame)
+        else:
+            msg = rpm_message(guarded.command, self.spec.names)
+        self.command_publishers[out.agent].publish(msg)
+
+    def _on_diagnostics(self) -> None:
+        now = self._now_ns()
+        msg = DiagnosticArray()
+        fill_stamp(msg.header.stamp, now)
+        for agent, robot in enumerate(self.robots):
+            status = self.controller.status(agent, now)
+            msg.status.append(
+                DiagnosticStatus(
+                    level=getattr(DiagnosticStatus, status.level),
+                    name=f"{self.get_name()}: {robot}",
+                    message=status.message,
+                    hardware_id=robot,
+                    values=[KeyValue(key=key, value=value) for key, value in status.values.items()],
+                )
+            )
+        self.diagnostics_publisher.publish(msg)
+
+
+def velocity_message(velocity: np.ndarray, stamp_ns: int, frame_id: str) -> TwistStamped:
+    """A velocity command ``[3]`` [m/s] in ``frame_id``, stamped ``stamp_ns``."""
+    msg = TwistStamped()
+    fill_twist_stamped(msg, velocity, stamp_ns, frame_id)
+    return msg
+
+
+def rpm_message(rpm: np.ndarray, names: tuple[str, ...]) -> Float32MultiArray:
+    """Motor speeds ``[4]`` [RPM], one dimension labelled with the motor names (``m1,m2,m3,m4``)."""
+    msg = Float32MultiArray()
+    msg.layout.dim = [MultiArrayDimension(label=",".join(names), size=len(names), stride=len(names))]
+    msg.data = np.asarray(rpm, dtype=np.float32)
+    return msg
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the node until SIGINT/SIGTERM (exit 0); 1 when its parameters are rejected."""
+    return run_node(PolicyNode, NODE_NAME, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""Bench metrics from a recorded bench bag (rosbag2 MCAP directory), per robot and overall, into ``summary.json``.
+
+ROS-free: the bag is read with ``rosbags.highlevel.AnyReader``. Every time below is a record's receive time
+in the bag (ns) or a message's ``header.stamp``.
+
+Topic conventions (crazyswarm2 style, robot ``R`` such as ``cf1``; names configurable with :class:`BenchTopics`):
+``/R/odom`` observations (``nav_msgs/Odometry``), ``/R/cmd_vel`` (``geometry_msgs/TwistStamped``) or ``/R/cmd_rpm``
+(``std_msgs/Float32MultiArray``) commands, ``/R/truth`` ground truth (``nav_msgs/Odometry`` or
+``geometry_msgs/PoseStamped``), ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``) and
+``/bench/perturbation_events`` (``std_msgs/String`` holding JSON). A robot is any namespace with an observation
+or command topic.
+
+Definitions:
+
+- **Latency** (ms): the policy node copies the stamp of the odometry that produced a command into the command's
+  header. Latency = the command's receive time in the bag - its ``header.stamp``. Both are on the same host's wall
+  clock (the recorder's receive time is the middleware's, CLOCK_REALTIME; the stamping node must not use sim
+  time), so this is observation stamp -> command arrival, including every hop in between. Only the first command
+  with a given stamp counts (later ones are ``repeated``, e.g. a command held by a failsafe); when the robot's
+  observations are in the bag, a command whose stamp matches no observation (the watchdog's safe commands,
+  stamped with the time they were sent) is ``unmatched`` and not a latency sample. Commands without a header
+  (``cmd_rpm``) give no latency. p50/p99 interpolate linearly between order statistics (numpy's default).
+- **Rate** (Hz): ``(count - 1) / (last - first receive time)`` per topic.
+- **Drops**, for topics given a nominal rate ``f`` (period ``T = 1/f``): message times are the header stamps when
+  the type has a header (publisher-side times: free of transport jitter) else receive times, sorted; a gap of
+  ``k`` periods (gap / T rounded to the nearest integer) counts ``k - 1`` missed messages. ``drop_rate = drops /
+  (count + drops)``. Messages lost before the first or after the last one received are not seen.
+- **Diagnostics**, per ``DiagnosticStatus`` (robot = ``hardware_id``): reports per level (OK, WARN, ERROR, STALE;
+  the level is a ``byte``, an int here), ``stale_reports``, the last reported value of every integer KeyValue
+  (the policy node's cumulative counters, e.g. ``safe_commands``, ``entries_stale``) and ``failsafe_entries`` =
+  the sum of the ``entries_*`` counters.
+- **Tracking error** (m): Euclidean distance from a robot's ground-truth position to its target (given per robot),
+  mean, max and final over its truth messages; overall: the mean of the robots' means and the largest max.
+- **Separation** (m): truth positions of different robots with the same ``header.stamp`` are compared; the
+  minimum pairwise distance, and with ``collision_distance_m`` the number of collisions = times a pair comes
+  closer than that distance (a pair that stays close counts once).
+- **Perturbation events**: messages on the events topic, and per ``"kind"`` field of their JSON (``"unknown"`` when
+  a message is not a JSON object with a kind).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rosbags.highlevel import AnyReader
+
+DIAGNOSTIC_LEVELS = {0: "OK", 1: "WARN", 2: "ERROR", 3: "STALE"}
+FAILSAFE_COUNTER_PREFIX = "entries_"
+NS_PER_S = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class BenchTopics:
+    """Names of the bench topics: per-robot names (under ``/<robot>/``) and global topics."""
+
+    observation: str = "odom"
+    commands: tuple[str, ...] = ("cmd_vel", "cmd_rpm")
+    truth: str = "truth"
+    diagnostics: str = "/diagnostics"
+    perturbation_events: str = "/bench/perturbation_events"
+
+
+@dataclass
+class TopicRecord:
+    """What the metrics keep of one topic: receive times and, for types with a header, stamps (ns)."""
+
+    msgtype: str
+    recv_ns: list[int] = field(default_factory=list)
+    stamp_ns: list[int] = field(default_factory=list)
+
+
+@dataclass
+class BagContents:
+    """One pass over a bench bag.
+
+    Attributes:
+        topics: every topic's record.
+        truth: robot -> ``header.stamp`` (ns) -> ground-truth position ``[3]`` (m).
+        diagnostics: ``(robot, level, {key: value})`` per ``DiagnosticStatus``, in bag order.
+        perturbation_kinds: the ``"kind"`` of each perturbation event (None when it has none).
+    """
+
+    topics: dict[str, TopicRecord] = field(default_factory=dict)
+    truth: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    diagnostics: list[tuple[str, int, dict[str, str]]] = field(default_factory=list)
+    perturbation_kinds: list[str | None] = field(default_factory=list)
+
+
+def split_robot_topic(topic: str) -> tuple[str, str] | None:
+    """``"/cf1/odom"`` -> ``("cf1", "odom")``; None for a topic that is not ``/<robot>/<name>``."""
+    parts = topic.strip("/").split("/")
+    return (parts[0], parts[1]) if len(parts) == 2 else None
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """A ``builtin_interfaces/Time`` in ns."""
+    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
+
+
+def _position(msg: Any) -> np.ndarray:
+    """Position ``[3]`` (m) of an ``Odometry`` or a ``PoseStamped``."""
+    pose = msg.pose.pose if hasattr(msg.pose, "pose") else msg.pose
+    return np.array([pose.position.x, pose.position.y, pose.position.z], dtype=np.float64)
+
+
+def _event_kind(data: str) -> str | None:
+    """The ``"kind"`` of a perturbation event's JSON; None if it is not a JSON object with one."""
+    try:
+        event = json.loads(data)
+    except json.JSONDecodeError:
+        return None
+    return event.get("kind") if isinstance(event, dict) else None
+
+
+def read_bag(bag_dir: str | Path, topics: BenchTopics | None = None) -> BagContents:
+    """Read a bench bag once, keeping only what the metrics need (``topics``: default :class:`BenchTopics`)."""
+    topics = topics or BenchTopics()
+    contents = BagContents()
+    with AnyReader([Path(bag_dir)]) as reader:
+        for connection, recv_ns, raw in reader.messages():
+            msg = reader.deserialize(raw, connection.msgtype)
+            record = contents.topics.setdefault(connection.topic, TopicRecord(connection.msgtype))
+            record.recv_ns.append(recv_ns)
+            header = getattr(msg, "header", None)
+            if header is not None:
+                record.stamp_ns.append(stamp_to_ns(header.stamp))
+            robot_topic = split_robot_topic(connection.topic)
+            if robot_topic is not None and robot_topic[1] == topics.truth:
+                contents.truth.setdefault(robot_topic[0], {})[stamp_to_ns(header.stamp)] = _position(msg)
+            elif connection.topic == topics.diagnostics:
+                for status in msg.status:
+                    values = {kv.key: kv.value for kv in status.values}
+                    contents.diagnostics.append((status.hardware_id or status.name, int(status.level), values))
+            elif connection.topic == topics.perturbation_events:
+                contents.perturbation_kinds.append(_event_kind(msg.data))
+    return contents
+
+
+def latency_stats(latencies_ms: Sequence[float]) -> dict[str, float | int | None]:
+    """Count, p50, p99, max and mean of latencies (ms); None values when there are none."""
+    if not latencies_ms:
+        return {"count": 0, "p50_ms": None, "p99_ms": None, "max_ms": None, "mean_ms": None}
+    values = np.asarray(latencies_ms, dtype=np.float64)
+    return {
+        "count": int(values.size),
+        "p50_ms": float(np.percentile(values, 50)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "max_ms": float(values.max()),
+        "mean_ms": float(values.mean()),
+    }
+
+
+def command_latencies(
+    commands: Sequence[TopicRecord], observation_stamps: set[int] | None
+) -> tuple[list[float], dict[str, int]]:
+    """Latencies (ms) of a robot's commands and the count of each kind of command (see the module docstring).
+
+    Args:
+        commands: the robot's command topics; only those with header stamps give latencies.
+        observation_stamps: stamps (ns) of the robot's observations in the bag, None if it has none there.
+
+    Returns:
+        latencies in receive order, and ``{"answered", "repeated", "unmatched"}`` command counts.
+    """
+    stamped = [record for record in commands if record.stamp_ns]
+    arrivals = sorted(pair for record in stamped for pair in zip(record.recv_ns, record.stamp_ns, strict=True))
+    answered: set[int] = set()
+    latencies: list[float] = []
+    counts = {"answered": 0, "repeated": 0, "unmatched": 0}
+    for recv, stamp in arrivals:
+        if stamp in answered:
+            counts["repeated"] += 1
+        elif observation_stamps is not None and stamp not in observation_stamps:
+            counts["unmatched"] += 1
+        else:
+            answered.add(stamp)
+            latencies.append((recv - stamp) / 1e6)
+            counts["answered"] += 1
+    return latencies, counts
+
+
+def missed_periods(times_ns: Sequence[int], rate_hz: float) -> int:
+    """Messages missing from a stream at ``rate_hz``: a gap of ``k`` periods (rounded) misses ``k - 1``."""
+    if len(times_ns) < 2:
+        return 0
+    gaps_s = np.diff(np.sort(np.asarray(times_ns, dtype=np.int64))) / NS_PER_S
+    periods = np.floor(gaps_s * rate_hz + 0.5)
+    return int(np.maximum(periods - 1, 0).sum())
+
+
+def topic_stats(record: TopicRecord, nominal_rate_hz: float | None) -> dict[str, Any]:
+    """Count, duration (s), achieved rate (Hz) and, with a nominal rate, drops of one topic."""
+    count = len(record.recv_ns)
+    duration_s = (max(record.recv_ns) - min(record.recv_ns)) / NS_PER_S
+    stats: dict[str, Any] = {
+        "msgtype": record.msgtype,
+        "count": count,
+        "duration_s": duration_s,
+        "rate_hz": (count - 1) / duration_s if duration_s > 0 else None,
+    }
+    if nominal_rate_hz is not None:
+        times = record.stamp_ns if record.stamp_ns else record.recv_ns
+        drops = missed_periods(times, nominal_rate_hz)
+        stats |= {"nominal_rate_hz": nominal_rate_hz, "drops": drops, "drop_rate": drops / (count + drops)}
+    return stats
+
+
+def diagnostics_stats(reports: Sequence[tuple[str, int, dict[str, str]]]) -> dict[str, dict[str, Any]]:
+    """Per robot: reports per level, stale reports, last integer counters and failsafe entries."""
+    per_robot: dict[str, dict[str, Any]] = {}
+    for robot, level, values in reports:
+        stats = per_robot.setdefault(robot, {"reports": 0, "levels": Counter(), "counters": {}})
+        stats["reports"] += 1
+        stats["levels"][DIAGNOSTIC_LEVELS.get(level, str(level))] += 1
+        stats["counters"] |= {key: int(value) for key, value in values.items() if value.lstrip("-").isdigit()}
+    for stats in per_robot.values():
+        stats["levels"] = dict(stats["levels"])
+        stats["stale_reports"] = stats["levels"].get("STALE", 0)
+        entries = [v for key, v in stats["counters"].items() if key.startswith(FAILSAFE_COUNTER_PREFIX)]
+        stats["failsafe_entries"] = sum(entries) if entries else None
+    return per_robot
+
+
+def tracking_stats(positions: Sequence[np.ndarray], target: Sequence[float]) -> dict[str, float | int]:
+    """Distance (m) from each position ``[3]`` to ``target [3]``: mean, max, final, sample count."""
+    errors = np.linalg.norm(np.asarray(positions) - np.asarray(target, dtype=np.float64), axis=-1)
+    return {
+        "samples": int(errors.size),
+        "mean_m": float(errors.mean()),
+        "max_m": float(errors.max()),
+        "final_m": float(errors[-1]),
+    }
+
+
+def separation_stats(
+    truth: Mapping[str, Mapping[int, np.ndarray]], collision_distance_m: float | None
+) -> dict[str, Any]:
+    """Minimum distance (m) between robots at equal truth stamps and, with a distance, the collision count."""
+    stamps = sorted(set().union(*(positions.keys() for positions in truth.values())))
+    min_separation = None
+    close_pairs: set[tuple[str, str]] = set()
+    collisions = 0
+    for stamp in stamps:
+        present = sorted(robot for robot, positions in truth.items() if stamp in positions)
+        for a, b in itertools.combinations(present, 2):
+            distance = float(np.linalg.norm(truth[a][stamp] - truth[b][stamp]))
+            min_separation = distance if min_separation is None else min(min_separation, distance)
+            if collision_distance_m is None:
+                continue
+            if distance < collision_distance_m and (a, b) not in close_pairs:
+                collisions += 1
+                close_pairs.add((a, b))
+            elif distance >= collision_distance_m:
+                close_pairs.discard((a, b))
+    stats: dict[str, Any] = {"min_separation_m": min_separation}
+    if collision_distance_m is not None:
+        stats |= {"collision_distance_m": collision_distance_m, "collisions": collisions}
+    return stats
+
+
+def _nominal_rate(topic: str, nominal_rates: Mapping[str, float]) -> float | None:
+    return next((rate for pattern, rate in nominal_rates.items() if fnmatch.fnmatchcase(topic, pattern)), None)
+
+
+def compute_metrics(
+    bag_dir: str | Path,
+    *,
+    nominal_rates: Mapping[str, float] | None = None,
+    targets: Mapping[str, Sequence[float]] | None = None,
+    collision_distance_m: float | None = None,
+    hold_from_ns: int | None = None,
+    topics: BenchTopics | None = None,
+) -> dict[str, Any]:
+    """Bench metrics of one bag (definitions in the module docstring).
+
+    Args:
+        bag_dir: the rosbag2 directory written by the recorder node.
+        nominal_rates: Hz per topic name or ``fnmatch`` pattern (first match wins), e.g. ``{"/*/odom": 100.0}``;
+            drops are counted for those topics only.
+        targets: robot -> target position ``[3]`` (m, world frame) for the tracking error.
+        collision_distance_m: robots closer than this (m) collide; None: only the minimum separation.
+        hold_from_ns: the tracking error uses ground truth stamped at or after this time (ns; the hold window
+            after the take-off transient); None: all of it.
+        topics: the bench topic names (default :class:`BenchTopics`).
+
+    Returns:
+        ``{"bag", "overall", "robots", "topics", "perturbation_events"}``, JSON-ready.
+    """
+    topics = topics or BenchTopics()
+    contents = read_bag(bag_dir, topics)
+    nominal_rates = nominal_rates or {}
+    targets = targets or {}
+    robot_topics: dict[str, dict[str, TopicRecord]] = {}
+    for topic, record in contents.topics.items():
+        robot_topic = split_robot_topic(topic)
+        if robot_topic is not None:
+            robot_topics.setdefault(robot_topic[0], {})[robot_topic[1]] = record
+    robot_names = sorted(
+        robot
+        for robot, named in robot_topics.items()
+        if topics.observation in named or set(topics.commands) & set(named)
+    )
+    diagnostics = diagnostics_stats(contents.diagnostics)
+
+    robots: dict[str, dict[str, Any]] = {}
+    all_latencies: list[float] = []
+    for robot in robot_names:
+        named = robot_topics[robot]
+        observations = named.get(topics.observation)
+        latencies, command_counts = command_latencies(
+            [named[name] for name in topics.commands if name in named],
+            set(observations.stamp_ns) if observations is not None else None,
+        )
+        all_latencies += latencies
+        robots[robot] = {"latency_ms": latency_stats(latencies), "commands": command_counts}
+        robots[robot]["diagnostics"] = diagnostics.get(robot)
+        truth = contents.truth.get(robot)
+        if truth and robot in targets:
+            held = [truth[s] for s in sorted(truth) if hold_from_ns is None or s >= hold_from_ns]
+            if held:
+                robots[robot]["tracking_error"] = tracking_stats(held, targets[robot])
+
+    topic_summaries = {
+        topic: topic_stats(record, _nominal_rate(topic, nominal_rates))
+        for topic, record in sorted(contents.topics.items())
+    }
+    tracked = [r["tracking_error"] for r in robots.values() if "tracking_error" in r]
+    failsafe = [d["failsafe_entries"] for d in diagnostics.values() if d["failsafe_entries"] is not None]
+    overall = {
+        "robots": len(robots),
+        "latency_ms": latency_stats(all_latencies),
+        "drops": sum(t.get("drops", 0) for t in topic_summaries.values()),
+        "stale_reports": sum(d["stale_reports"] for d in diagnostics.values()),
+        "failsafe_entries": sum(failsafe) if failsafe else None,
+        "tracking_error_mean_m": float(np.mean([t["mean_m"] for t in tracked])) if tracked else None,
+        "tracking_error_max_m": max(t["max_m"] for t in tracked) if tracked else None,
+        **separation_stats(contents.truth, collision_distance_m),
+    }
+    kinds = Counter(kind or "unknown" for kind in contents.perturbation_kinds)
+    return {
+        "bag": str(bag_dir),
+        "overall": overall,
+        "robots": robots,
+        "topics": topic_summaries,
+        "perturbation_events": {"count": len(contents.perturbation_kinds), "by_kind": dict(kinds)},
+    }
+
+
+def write_summary(bag_dir: str | Path, out_path: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Compute the metrics of ``bag_dir`` (keyword arguments of :func:`compute_metrics`) into ``out_path`` (JSON)."""
+    summary = compute_metrics(bag_dir, **kwargs)
+    Path(out_path).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

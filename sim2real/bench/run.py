@@ -1,0 +1,226 @@
+"""``sim2real bench ros``: one bench run of an exported policy on the simulated swarm over ROS 2.
+
+A scenario (YAML: ``name``, ``description``, ``perturbations`` (a perturbation spec), and optionally
+``mode`` (``realtime``/``lockstep``), ``backend``, ``seed``) says what to inject. The run starts, in one
+private ROS domain (:class:`~sim2real.bench.launcher.BenchLauncher`):
+
+- the recorder (every topic to ``OUT/bag``, rosbag2 MCAP);
+- the sim bridge (the bundle's env on PyBullet; ``dynamics.*`` kinds of the spec act there);
+- the perturbation node, when the spec has message kinds: odometry ``odom_raw -> odom`` and, for
+  ``agents.*``/``action.*`` kinds, commands ``cmd_vel_raw -> cmd_vel``;
+- the policy node with the bundle;
+
+flies for ``duration_s``, stops everything by process group and writes ``OUT/summary.json``: the bench
+metrics (:mod:`sim2real.bench.metrics`) with the scenario, the bundle and how each process ended.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from sim2real.bench.bridge import BridgeSim, split_spec
+from sim2real.bench.launcher import BenchLauncher, ProcessSpec
+from sim2real.bench.metrics import compute_metrics
+from sim2real.export import verify_bundle
+
+SCENARIO_DIR = Path(__file__).parent / "scenarios"
+MODES = ("realtime", "lockstep")
+STARTUP_TIMEOUT_S = 60.0
+HOLD_FRACTION = 0.5
+
+
+class ScenarioError(ValueError):
+    """A scenario file is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What one bench run injects and how it steps (see the module docstring)."""
+
+    name: str
+    description: str = ""
+    perturbations: dict[str, Any] | None = None
+    mode: str = "realtime"
+    backend: str = "pybullet"
+    seed: int = 0
+
+
+def builtin_scenarios() -> list[str]:
+    """Names of the scenarios shipped in ``sim2real/bench/scenarios``."""
+    return sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
+
+
+def load_scenario(name_or_path: str | Path) -> Scenario:
+    """A built-in scenario by name or a YAML file; raises :class:`ScenarioError` naming what is wrong."""
+    from sim2real import perturb
+
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SCENARIO_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ScenarioError(f"{name_or_path!r} is not a built-in scenario ({', '.join(builtin_scenarios())})")
+    if not path.is_file():
+        raise ScenarioError(f"scenario file {path} does not exist")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{path}: a scenario is a mapping with name, description and perturbations")
+    unknown = set(data) - {"name", "description", "perturbations", "mode", "backend", "seed"}
+    if unknown:
+        raise ScenarioError(f"{path}: unknown keys {sorted(unknown)}")
+    if data.get("mode", "realtime") not in MODES:
+        raise ScenarioError(f"{path}: mode must be one of {MODES}, got {data['mode']!r}")
+    if data.get("backend", "pybullet") not in ("pybullet", "batched"):
+        raise ScenarioError(f"{path}: backend must be pybullet or batched, got {data['backend']!r}")
+    spec = None
+    if data.get("perturbations"):
+        try:
+            spec = perturb.parse_spec({"perturbations": data["perturbations"]}).to_dict()
+        except perturb.SpecError as err:
+            raise ScenarioError(f"{path}: {err}") from None
+    return Scenario(
+        name=str(data.get("name", path.stem)),
+        description=str(data.get("description", "")),
+        perturbations=spec,
+        mode=data.get("mode", "realtime"),
+        backend=data.get("backend", "pybullet"),
+        seed=int(data.get("seed", 0)),
+    )
+
+
+def _node(name: str, module: str, params: dict[str, Any], out_dir: Path) -> ProcessSpec:
+    """A node process with its parameters in ``OUT/params/NAME.yaml`` (strings stay strings)."""
+    path = out_dir / "params" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
+    return ProcessSpec(name, [sys.executable, "-m", module, "--ros-args", "--params-file", str(path)])
+
+
+def _uses_commands(spec: dict[str, Any] | None) -> bool:
+    """Whether a message spec acts on commands (malicious agents, actuator kinds, command-link timing)."""
+    items = spec["perturbations"] if spec else []
+    return any(p["kind"].split(".")[0] in ("agents", "action") or p.get("on") == "action" for p in items)
+
+
+def run_bench(
+    bundle: str | Path,
+    scenario: Scenario,
+    *,
+    duration_s: float = 20.0,
+    out_dir: str | Path,
+    hold_after_s: float | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fly ``bundle``'s policy on the simulated swarm under ``scenario`` for ``duration_s``; returns the summary.
+
+    ``OUT`` gets ``bag/`` (rosbag2 MCAP), ``logs/`` (one per process), ``params/`` and ``summary.json``.
+    Tracking error is measured from the sim bridge's ground truth over the hold window: from ``hold_after_s``
+    after the flight started (default: its second half, as the simulation evaluation does) to the end.
+    """
+    out_dir = Path(out_dir)
+    if (out_dir / "bag").exists():
+        raise FileExistsError(f"{out_dir / 'bag'} exists: choose a new --out directory")
+    bundle = Path(bundle).resolve()
+    contract = verify_bundle(bundle)["contract"]
+    n = int(contract["num_agents"])
+    robots = [f"cf{i + 1}" for i in range(n)]
+    dynamics, messages = split_spec(scenario.perturbations)
+    hop, command_hop = messages is not None, _uses_commands(messages)
+    command = "cmd_vel" if contract["action_type"] == "vel" else "cmd_rpm"
+    if command_hop and command != "cmd_vel":
+        raise ScenarioError(f"scenario {scenario.name}: command perturbations need a velocity policy")
+    targets_sim = BridgeSim(contract["env_id"], dict(contract["env_params"]), backend="batched", seed=scenario.seed)
+    targets = {robot: target.tolist() for robot, target in zip(robots, targets_sim.targets(), strict=True)}
+    targets_sim.close()
+
+    processes = [
+        _node("recorder", "s2r_bench.recorder_node", {"output_dir": str(out_dir / "bag")}, out_dir),
+        _node(
+            "sim_bridge",
+            "s2r_bench.sim_bridge_node",
+            {
+                "bundle": str(bundle),
+                "robots": robots,
+                "backend": scenario.backend,
+                "seed": scenario.seed,
+                "duration_s": float(duration_s) + STARTUP_TIMEOUT_S,
+                "mode": scenario.mode,
+                "state_topic": "odom_raw" if hop else "odom",
+                "dynamics": json.dumps(dynamics) if dynamics else "",
+            },
+            out_dir,
+        ),
+    ]
+    if hop:
+        processes.append(
+            _node(
+                "perturbation_node",
+                "s2r_bench.perturbation_node",
+                {
+                    "bundle": str(bundle),
+                    "robots": robots,
+                    "spec": json.dumps(messages),
+                    "seed": scenario.seed,
+                    "command_in": f"{command}_raw" if command_hop else "",
+                    "command_out": command,
+                },
+                out_dir,
+            )
+        )
+    processes.append(
+        _node(
+            "policy_node",
+            "s2r_ros.policy_node",
+            {"bundle": str(bundle), "robots": robots, "command_topic": f"{command}_raw" if command_hop else command},
+            out_dir,
+        )
+    )
+    started = time.time()
+    with BenchLauncher(out_dir) as bench:
+        bench.start(processes[0])
+        bench.wait_for_output("recorder", "recording to", STARTUP_TIMEOUT_S)
+        for spec in processes[1:]:
+            bench.start(spec)
+        bench.wait_for_output("policy_node", "event-driven", STARTUP_TIMEOUT_S)
+        bench.wait_for_output("sim_bridge", "robots", STARTUP_TIMEOUT_S)
+        flight_start_ns = time.time_ns()
+        steps = max(1, int(duration_s * 10))
+        for _ in tqdm(range(steps), desc=f"bench {scenario.name}", unit="s", unit_scale=0.1, disable=not progress):
+            bench.run_for(duration_s / steps)
+        domain_id = bench.domain_id
+    exits = {name: {"returncode": e.returncode, "stopped_by": e.stopped_by} for name, e in bench.exits.items()}
+    hold_after_s = (1.0 - HOLD_FRACTION) * duration_s if hold_after_s is None else hold_after_s
+    hold_from_ns = flight_start_ns + int(hold_after_s * 1e9)
+    summary = compute_metrics(
+        out_dir / "bag",
+        nominal_rates={"/*/odom": float(contract["ctrl_freq_hz"])},
+        targets=targets,
+        collision_distance_m=0.1,
+        hold_from_ns=hold_from_ns,
+    )
+    summary.update(
+        scenario={"name": scenario.name, "description": scenario.description, "spec": scenario.perturbations},
+        bundle=str(bundle),
+        duration_s=duration_s,
+        hold_after_s=hold_after_s,
+        wall_s=round(time.time() - started, 2),
+        ros_domain_id=domain_id,
+        processes=exits,
+        injection={"odometry": hop, "commands": command_hop, "dynamics_in_sim": dynamics},
+    )
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    return summary
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -1,0 +1,88 @@
+"""ROS 2 message fields to numpy and back, without importing ROS: functions read and fill message objects.
+
+Odometry convention (REP 105, ``nav_msgs/Odometry``): the pose is in ``header.frame_id`` (the world frame,
+z up), the twist is in ``child_frame_id`` (the body frame). :func:`read_odometry` turns the twist into the
+policy's frames (linear velocity in the world frame, angular velocity in the body frame) and
+:func:`fill_odometry` does the reverse, so a simulator bridge that fills odometry with it matches a driver
+that follows REP 105. Drivers that publish the twist in the world frame are read with ``twist_frame="world"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sim2real.deploy.state import RobotState
+from sim2real.envs.drones.rotations import quat_to_matrix
+
+TWIST_FRAMES = ("body", "world")
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """Nanoseconds of a ``builtin_interfaces/Time`` (``sec``, ``nanosec``)."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def fill_stamp(stamp: Any, ns: int) -> None:
+    """Set a ``builtin_interfaces/Time`` to ``ns`` nanoseconds (``ns >= 0``)."""
+    stamp.sec, stamp.nanosec = divmod(int(ns), 1_000_000_000)
+
+
+def _xyz(vector: Any) -> np.ndarray:
+    return np.array([vector.x, vector.y, vector.z], dtype=np.float64)
+
+
+def _set_xyz(vector: Any, values: np.ndarray) -> None:
+    vector.x, vector.y, vector.z = (float(v) for v in values)
+
+
+def read_odometry(msg: Any, twist_frame: str = "body") -> RobotState:
+    """The :class:`RobotState` in a ``nav_msgs/Odometry`` (stamp from its header).
+
+    ``twist_frame`` says the frame of the message's twist: ``body`` (REP 105, ``child_frame_id``) or
+    ``world`` (``header.frame_id``).
+    """
+    pose, twist = msg.pose.pose, msg.twist.twist
+    q = pose.orientation
+    quat = np.array([q.x, q.y, q.z, q.w], dtype=np.float64)
+    linear, angular = _xyz(twist.linear), _xyz(twist.angular)
+    rot = quat_to_matrix(quat)  # body to world
+    if twist_frame == "body":
+        linear = rot @ linear
+    elif twist_frame == "world":
+        angular = rot.T @ angular
+    else:
+        raise ValueError(f"twist_frame must be one of {TWIST_FRAMES}, got {twist_frame!r}")
+    return RobotState(_xyz(pose.position), quat, linear, angular, stamp_to_ns(msg.header.stamp))
+
+
+def fill_odometry(msg: Any, state: RobotState, twist_frame: str = "body") -> None:
+    """Write ``state`` into a ``nav_msgs/Odometry`` (stamp, pose, twist in ``twist_frame``); frame ids are left."""
+    fill_stamp(msg.header.stamp, state.stamp_ns)
+    pose, twist = msg.pose.pose, msg.twist.twist
+    _set_xyz(pose.position, state.pos)
+    q = pose.orientation
+    q.x, q.y, q.z, q.w = (float(v) for v in state.quat)
+    rot = quat_to_matrix(np.asarray(state.quat, dtype=np.float64))
+    if twist_frame == "body":
+        linear, angular = rot.T @ state.vel, state.ang_vel_body
+    elif twist_frame == "world":
+        linear, angular = state.vel, rot @ state.ang_vel_body
+    else:
+        raise ValueError(f"twist_frame must be one of {TWIST_FRAMES}, got {twist_frame!r}")
+    _set_xyz(twist.linear, linear)
+    _set_xyz(twist.angular, angular)
+
+
+def read_position(msg: Any) -> np.ndarray:
+    """The position ``[3]`` [m] of a ``geometry_msgs/PoseStamped`` (e.g. a goal), in its header's frame."""
+    return _xyz(msg.pose.position)
+
+
+def fill_twist_stamped(msg: Any, velocity: np.ndarray, stamp_ns: int, frame_id: str) -> None:
+    """Write a velocity command ``[3]`` [m/s] into a ``geometry_msgs/TwistStamped`` (angular rate zero)."""
+    fill_stamp(msg.header.stamp, stamp_ns)
+    msg.header.frame_id = frame_id
+    _set_xyz(msg.twist.linear, velocity)
+    _set_xyz(msg.twist.angular, np.zeros(3))

@@ -1,0 +1,134 @@
+"""Per-robot watchdog and command guard: safe command on bad input or output, clamp, rate limit, counts.
+
+Faults, in the order they are checked:
+
+- ``missing``: the robot never reported a state.
+- ``stale``: its latest state is older than ``stale_timeout_s`` (silence, or input delayed that long).
+- ``no_target``: it has no target to fly to.
+- ``obs_not_finite``: its observation holds NaN or inf.
+- ``command_not_finite``: the policy's command for it holds NaN or inf.
+
+A robot with a fault gets the safe command (the command of the zero action: zero velocity for ``vel``
+policies, hover RPM for ``rpm`` policies) at once, without rate limit. Without a fault the policy's command
+is clamped to the contract's command bounds and then moved at most ``max_step`` per component from the last
+command sent. Robots start in failsafe (fault ``missing``, not counted) and leave it on the first good step.
+Each change of a robot's fault to another reason counts one entry for that reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FAULTS = ("missing", "stale", "no_target", "obs_not_finite", "command_not_finite")
+
+
+@dataclass(frozen=True)
+class GuardedCommand:
+    """The command to send one robot and why.
+
+    Attributes:
+        command: ``[A]`` float64 in command units (m/s or RPM).
+        fault: the reason the safe command was sent, None when the policy is in control.
+        previous_fault: the robot's fault before this step (None when it was in control).
+        limited: the policy's command was clamped or rate-limited.
+    """
+
+    command: np.ndarray
+    fault: str | None
+    previous_fault: str | None
+    limited: bool
+
+    @property
+    def changed(self) -> bool:
+        """The robot entered, left or changed failsafe on this step."""
+        return self.fault != self.previous_fault
+
+
+class Failsafe:
+    """Watchdog and command guard for ``N`` robots (pure numpy; the caller supplies times and commands).
+
+    Args:
+        num_agents: N robots.
+        safe_command: ``[A]`` command sent on a fault.
+        low, high: ``[A]`` command bounds.
+        stale_timeout_s: a state older than this [s] is stale.
+        max_step: ``[A]`` largest change of a command component per control step (command units), or None
+            for no rate limit.
+    """
+
+    def __init__(
+        self,
+        num_agents: int,
+        safe_command: np.ndarray,
+        low: np.ndarray,
+        high: np.ndarray,
+        stale_timeout_s: float,
+        max_step: np.ndarray | None = None,
+    ) -> None:
+        if stale_timeout_s <= 0:
+            raise ValueError(f"stale_timeout_s must be > 0 s, got {stale_timeout_s}")
+        self.safe_command = np.asarray(safe_command, dtype=np.float64)
+        self.low = np.asarray(low, dtype=np.float64)
+        self.high = np.asarray(high, dtype=np.float64)
+        self.stale_timeout_s = float(stale_timeout_s)
+        self.max_step = None if max_step is None else np.asarray(max_step, dtype=np.float64)
+        self.fault: list[str | None] = ["missing"] * num_agents
+        self.last_command = np.tile(self.safe_command, (num_agents, 1))
+        self.entries = {reason: np.zeros(num_agents, dtype=np.int64) for reason in FAULTS}
+        self.commands = np.zeros(num_agents, dtype=np.int64)
+        self.safe_commands = np.zeros(num_agents, dtype=np.int64)
+        self.limited_commands = np.zeros(num_agents, dtype=np.int64)
+
+    def input_fault(self, age_s: float | None, has_target: bool, obs: np.ndarray | None = None) -> str | None:
+        """The fault of a robot's input, or None.
+
+        Args:
+            age_s: age of its latest state [s] (None: it never reported).
+            has_target: whether it has a target.
+            obs: its observation ``[D]`` (None: not built, e.g. the periodic watchdog check).
+        """
+        if age_s is None:
+            return "missing"
+        if age_s > self.stale_timeout_s:
+            return "stale"
+        if not has_target:
+            return "no_target"
+        if obs is not None and not np.all(np.isfinite(obs)):
+            return "obs_not_finite"
+        return None
+
+    def guard(self, agent: int, fault: str | None, command: np.ndarray | None = None) -> GuardedCommand:
+        """The command to send robot ``agent``: the safe one on ``fault``, else ``command [A]`` guarded."""
+        if fault is None and (command is None or not np.all(np.isfinite(command))):
+            fault = "command_not_finite"
+        limited = False
+        if fault is not None:
+            out = self.safe_command.copy()
+            self.safe_commands[agent] += 1
+        else:
+            proposed = np.asarray(command, dtype=np.float64)
+            out = np.clip(proposed, self.low, self.high)
+            if self.max_step is not None:
+                last = self.last_command[agent]
+                out = np.clip(out, last - self.max_step, last + self.max_step)
+            limited = not np.array_equal(out, proposed)
+            self.limited_commands[agent] += limited
+        previous = self.fault[agent]
+        if fault is not None and fault != previous:
+            self.entries[fault][agent] += 1
+        self.fault[agent] = fault
+        self.last_command[agent] = out
+        self.commands[agent] += 1
+        return GuardedCommand(out, fault, previous, limited)
+
+    def counts(self, agent: int) -> dict[str, int]:
+        """Counters of robot ``agent``: commands, safe and limited commands, and failsafe entries per fault."""
+        counts = {
+            "commands": int(self.commands[agent]),
+            "safe_commands": int(self.safe_commands[agent]),
+            "limited_commands": int(self.limited_commands[agent]),
+        }
+        counts |= {f"entries_{reason}": int(self.entries[reason][agent]) for reason in FAULTS}
+        return counts

@@ -1,0 +1,493 @@
+"""The deployed policy: the ROS-free core (observations, failsafe, command guard) and the ROS 2 policy node.
+
+ROS 2 tests use real rclpy on loopback only: every context gets its own domain id and discovery is limited to
+localhost (``shared/research/ros2.md`` section 3).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from nav_msgs.msg import Odometry
+from rclpy.context import Context
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile
+from s2r_ros.executor import make_executor
+from s2r_ros.policy_node import PolicyNode, rpm_message
+from s2r_ros.qos import COMMAND, SENSOR
+
+from sim2real.deploy import CommandSpec, ControlSchedule, Failsafe, RobotState, SwarmController, SwarmObserver
+from sim2real.deploy.codecs import fill_odometry, read_odometry, stamp_to_ns
+from sim2real.deploy.state import SwarmState
+from sim2real.envs import make
+from sim2real.envs.drones import CF2X
+from sim2real.envs.drones.observation import drone_observation
+from sim2real.export import OnnxPolicy, env_contract
+from sim2real.export.bundle import NODE_PARAMS_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+DOMAIN_BASE = 30 + os.getpid() % 50  # per pytest process; each test adds its own offset (ids stay below 101)
+TARGETS = np.array([[0.5, 0.0, 1.0], [-0.5, 0.2, 1.2]])
+
+
+@pytest.fixture(autouse=True)
+def localhost_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No DDS discovery beyond this machine, for this process and the nodes it starts."""
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def robot_state(seed: int, stamp_ns: int = 0) -> RobotState:
+    """A random flying state: position, unit quaternion, world velocity, body rates."""
+    rng = np.random.default_rng(seed)
+    quat = rng.normal(size=4)
+    return RobotState(
+        pos=rng.uniform([-1, -1, 0.5], [1, 1, 1.5]),
+        quat=quat / np.linalg.norm(quat),
+        vel=rng.normal(scale=0.3, size=3),
+        ang_vel_body=rng.normal(scale=0.5, size=3),
+        stamp_ns=stamp_ns,
+    )
+
+
+def swarm_of(states: list[RobotState]) -> SwarmState:
+    swarm = SwarmState(len(states))
+    for agent, state in enumerate(states):
+        swarm.update(agent, state)
+    return swarm
+
+
+def env_states(env) -> list[RobotState]:
+    """The simulator's drones of env 0 as robot states."""
+    s = env.sim
+    return [RobotState(s.pos[0, i], s.quat[0, i], s.vel[0, i], s.ang_vel_body[0, i], 0) for i in range(env.num_agents)]
+
+
+def hover_contract(**kwargs) -> dict:
+    env = make("drone-hover", num_drones=2, **kwargs)
+    contract = env_contract(env, "drone-hover")
+    env.close()
+    return contract
+
+
+# ---------------------------------------------------------------------------------------------- core: observation
+@pytest.mark.parametrize(("env_id", "action_type"), [("drone-hover", "vel"), ("drone-navigation", "rpm")])
+def test_observer_reproduces_the_simulator_observations_exactly(env_id: str, action_type: str) -> None:
+    env = make(env_id, num_drones=4, num_neighbors=2, action_type=action_type, seed=4)
+    observer = SwarmObserver(env_contract(env, env_id))
+    obs, _ = env.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        obs, *_ = env.step(rng.uniform(-0.3, 0.3, env.action_space.shape).astype(np.float32))
+    assert not np.any(env.steps == 0) and env.active.all()  # no reset in between: the same episode
+    built = observer.observe(swarm_of(env_states(env)), env.task.targets[0], env.last_action[0])
+    np.testing.assert_array_equal(built, obs[0])
+    env.close()
+
+
+def test_a_robot_not_seen_yet_is_placed_at_its_target_for_its_neighbours() -> None:
+    contract = hover_contract()
+    observer = SwarmObserver(contract)
+    swarm = SwarmState(2)
+    swarm.update(0, robot_state(1))
+    obs = observer.observe(swarm, TARGETS, np.zeros((2, 3), np.float32))
+    nbr = {f["name"]: slice(f["start"], f["start"] + f["size"]) for f in contract["obs_layout"]}["nbr_rel_pos"]
+    np.testing.assert_allclose(obs[0, nbr], TARGETS[1] - swarm.pos[0], rtol=1e-6)
+    no_target = TARGETS.copy()
+    no_target[1] = np.nan
+    assert not np.isfinite(observer.observe(swarm, no_target, np.zeros((2, 3), np.float32))[0]).all()
+
+
+@pytest.mark.parametrize("twist_frame", ["body", "world"])
+def test_odometry_codec_round_trips_and_puts_the_twist_in_the_stated_frame(twist_frame: str) -> None:
+    state = robot_state(3, stamp_ns=1_700_000_000_123_456_789)
+    msg = Odometry()
+    fill_odometry(msg, state, twist_frame)
+    assert stamp_to_ns(msg.header.stamp) == state.stamp_ns
+    back = read_odometry(msg, twist_frame)
+    for name in ("pos", "quat", "vel", "ang_vel_body"):
+        np.testing.assert_allclose(getattr(back, name), getattr(state, name), atol=1e-12)
+    # a drone yawed by +90 degrees flying along world x moves along its body -y
+    yawed = RobotState(
+        np.zeros(3), np.array([0, 0, np.sin(np.pi / 4), np.cos(np.pi / 4)]), np.array([1.0, 0, 0]), np.zeros(3), 0
+    )
+    fill_odometry(msg, yawed, twist_frame)
+    linear = msg.twist.twist.linear
+    expected = [0.0, -1.0, 0.0] if twist_frame == "body" else [1.0, 0.0, 0.0]
+    np.testing.assert_allclose([linear.x, linear.y, linear.z], expected, atol=1e-12)
+    with pytest.raises(ValueError, match="twist_frame"):
+        read_odometry(msg, "odom")
+
+
+# ---------------------------------------------------------------------------------------------- core: failsafe
+def test_safe_command_is_zero_velocity_or_hover_rpm_and_actions_invert_commands() -> None:
+    vel = CommandSpec.from_contract(hover_contract(max_speed=2.0))
+    np.testing.assert_array_equal(vel.safe_command(), np.zeros(3))
+    np.testing.assert_allclose(vel.to_action(np.array([1.0, -3.0, 0.5])), [0.5, -1.0, 0.25])
+    rpm = CommandSpec.from_contract(hover_contract(action_type="rpm"))
+    np.testing.assert_allclose(rpm.safe_command(), np.full(4, CF2X.hover_rpm))
+    np.testing.assert_allclose(rpm.to_action(rpm.safe_command()), np.zeros(4), atol=1e-6)
+    assert rpm.names == ("m1", "m2", "m3", "m4") and rpm.unit == "rpm"
+
+
+def test_failsafe_faults_give_the_safe_command_count_entries_and_recover() -> None:
+    safe = np.array([0.0, 0.0, 0.0])
+    fs = Failsafe(2, safe, low=-np.ones(3), high=np.ones(3), stale_timeout_s=0.1)
+    good = np.ones(5)
+    assert fs.input_fault(None, True, good) == "missing"
+    assert fs.input_fault(0.15, True, good) == "stale"
+    assert fs.input_fault(0.05, False, good) == "no_target"
+    assert fs.input_fault(0.05, True, np.array([0.0, np.inf])) == "obs_not_finite"
+    assert fs.input_fault(0.05, True, good) is None and fs.input_fault(0.05, True) is None
+    # agents start in failsafe (missing, not counted) and leave it on the first good step
+    out = fs.guard(0, None, np.array([0.5, -0.2, 0.1]))
+    assert out.fault is None and out.previous_fault == "missing" and out.changed
+    np.testing.assert_array_equal(out.command, [0.5, -0.2, 0.1])
+    out = fs.guard(0, "stale")
+    assert out.fault == "stale" and out.changed and np.array_equal(out.command, safe)
+    assert not fs.guard(0, "stale").changed  # staying stale is one entry
+    out = fs.guard(0, None, np.array([np.nan, 0.0, 0.0]))  # policy output NaN
+    assert out.fault == "command_not_finite" and np.array_equal(out.command, safe)
+    assert fs.guard(0, None, np.array([0.2, 0.2, 0.2])).fault is None
+    fs.guard(0, "stale")
+    counts = fs.counts(0)
+    assert counts["entries_stale"] == 2 and counts["entries_command_not_finite"] == 1
+    assert counts["entries_missing"] == 0 and counts["safe_commands"] == 4 and counts["commands"] == 6
+    assert fs.counts(1)["commands"] == 0 and fs.fault[1] == "missing"
+
+
+def test_guard_clamps_to_the_bounds_and_rate_limits_but_never_delays_the_safe_command() -> None:
+    fs = Failsafe(1, np.zeros(3), -np.ones(3), np.ones(3), stale_timeout_s=0.1, max_step=np.full(3, 0.25))
+    steps = [fs.guard(0, None, np.array([3.0, -0.1, 0.0])) for _ in range(5)]
+    np.testing.assert_allclose([s.command[0] for s in steps], [0.25, 0.5, 0.75, 1.0, 1.0])  # ramp, then clamp
+    assert all(s.command[1] == -0.1 for s in steps) and all(s.limited for s in steps)
+    assert not fs.guard(0, None, np.array([0.8, 0.0, 0.0])).limited
+    np.testing.assert_array_equal(fs.guard(0, "obs_not_finite").command, np.zeros(3))
+    np.testing.assert_allclose(fs.guard(0, None, np.array([0.8, 0.0, 0.0])).command, [0.25, 0.0, 0.0])
+
+
+def test_schedule_steps_at_the_control_rate_whatever_the_state_rate() -> None:
+    period = round(1e9 / 30)
+    on_rate = ControlSchedule(1, 30.0)
+    jitter = np.random.default_rng(0).uniform(-0.3, 0.3, 90) * period
+    assert all(on_rate.due(0, int(i * period + j)) for i, j in enumerate(jitter))
+    fast = ControlSchedule(1, 30.0)
+    runs = sum(fast.due(0, i * 10_000_000) for i in range(300))  # 100 Hz for 3 s
+    assert 88 <= runs <= 92
+    slow = ControlSchedule(1, 30.0)
+    assert all(slow.due(0, i * 50_000_000) for i in range(20))  # 20 Hz: every state runs
+    assert not slow.due(0, 19 * 50_000_000)  # a repeated stamp does not run twice
+    assert slow.due(0, 1_000)  # a clock that went backwards starts over
+
+
+def test_controller_flies_with_the_policy_and_the_watchdog_holds_silent_robots(vel_bundle: Path) -> None:
+    policy = OnnxPolicy(vel_bundle)
+    controller = SwarmController(policy, targets=TARGETS, stale_timeout_s=0.1)
+    now = 5_000_000_000
+    states = [robot_state(10, now), robot_state(11, now)]
+    assert [c.agent for c in controller.watchdog(now)] == [0, 1]  # nobody reported yet
+    first = controller.on_state(0, states[0], now + 1_000)
+    assert first.stamp_ns == now and first.guarded.fault is None
+    placeholder = SwarmState(2)
+    placeholder.update(0, states[0])
+    obs = controller.observer.observe(placeholder, TARGETS, np.zeros((2, 3), np.float32))
+    np.testing.assert_allclose(first.guarded.command, policy.command(obs[:1], agent_ids=[0])[0], atol=1e-6)
+    np.testing.assert_allclose(controller.last_action[0], first.guarded.command, atol=1e-6)  # unit scale
+    assert [c.agent for c in controller.watchdog(now + 1_000)] == [1]
+    status = controller.status(1, now)
+    assert status.level == "STALE" and status.values["fault"] == "missing" and status.values["obs_age_ms"] == "never"
+    later = now + 200_000_000
+    assert [c.agent for c in controller.watchdog(later)] == [0, 1]
+    assert controller.status(0, later).values["entries_stale"] == "1"
+
+
+def test_rpm_commands_are_a_labelled_float32_array() -> None:
+    msg = rpm_message(np.array([14000.5, 14001.0, 13999.0, 14468.0]), ("m1", "m2", "m3", "m4"))
+    (dim,) = msg.layout.dim
+    assert (dim.label, dim.size, dim.stride) == ("m1,m2,m3,m4", 4, 4)
+    np.testing.assert_array_equal(np.frombuffer(msg.data, np.float32), [14000.5, 14001.0, 13999.0, 14468.0])
+
+
+# ---------------------------------------------------------------------------------------------- ROS 2 node
+class Harness:
+    """The policy node and a test node in one context and domain, spun by hand."""
+
+    def __init__(self, domain: int, bundle: Path, **params) -> None:
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=domain)
+        overrides = [Parameter("bundle", value=str(bundle)), *(Parameter(k, value=v) for k, v in params.items())]
+        self.policy_node = PolicyNode(context=self.context, parameter_overrides=overrides)
+        self.node = Node("test_driver", context=self.context)
+        self.executor = make_executor(self.context)
+        self.executor.add_node(self.policy_node)
+        self.executor.add_node(self.node)
+        self.commands: dict[str, list[TwistStamped]] = {"cf1": [], "cf2": []}
+        self.diagnostics: list[DiagnosticArray] = []
+        self.odom_publishers = {}
+        for robot, received in self.commands.items():
+            self.odom_publishers[robot] = self.node.create_publisher(Odometry, f"/{robot}/odom", SENSOR)
+            self.node.create_subscription(TwistStamped, f"/{robot}/cmd_vel", received.append, QoSProfile(depth=500))
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, QoSProfile(depth=100))
+        assert self.spin_until(lambda: all(p.get_subscription_count() for p in self.odom_publishers.values()), 10.0)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.policy_node.destroy_node()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+    def now_ns(self) -> int:
+        return self.node.get_clock().now().nanoseconds
+
+    def spin_until(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.01)
+            if done():
+                return True
+        return False
+
+    def odometry(self, robot: str, state: RobotState) -> Odometry:
+        msg = Odometry()
+        msg.header.frame_id, msg.child_frame_id = "world", robot
+        fill_odometry(msg, state)
+        return msg
+
+    def exchange(self, robot: str, state: RobotState, timeout_s: float = 10.0) -> TwistStamped:
+        """Publish ``state`` (again every 50 ms: odometry is best effort) until the command it produced arrives."""
+        msg = self.odometry(robot, state)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.odom_publishers[robot].publish(msg)
+            if self.spin_until(lambda: self.reply(robot, state.stamp_ns) is not None, 0.05):
+                return self.reply(robot, state.stamp_ns)
+        raise AssertionError(f"no command on /{robot}/cmd_vel for the odometry stamped {state.stamp_ns}")
+
+    def reply(self, robot: str, stamp_ns: int) -> TwistStamped | None:
+        return next((c for c in self.commands[robot] if stamp_to_ns(c.header.stamp) == stamp_ns), None)
+
+    def status(self, robot: str, since: int) -> list[DiagnosticStatus]:
+        """Diagnostics about ``robot`` published after the first ``since`` arrays."""
+        return [s for array in self.diagnostics[since:] for s in array.status if s.hardware_id == robot]
+
+
+def linear(msg: TwistStamped) -> np.ndarray:
+    v = msg.twist.linear
+    return np.array([v.x, v.y, v.z])
+
+
+def values(status: DiagnosticStatus) -> dict[str, str]:
+    return {kv.key: kv.value for kv in status.values}
+
+
+@pytest.fixture
+def harness_factory() -> Iterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def build(offset: int, bundle: Path, **params) -> Harness:
+        made.append(Harness(DOMAIN_BASE + offset, bundle, **params))
+        return made[-1]
+
+    yield build
+    for harness in made:
+        harness.close()
+
+
+def test_policy_node_publishes_the_command_onnx_policy_computes(vel_bundle: Path, harness_factory) -> None:
+    h = harness_factory(0, vel_bundle, targets=TARGETS.ravel().tolist(), stale_timeout_s=5.0)
+    policy = OnnxPolicy(vel_bundle)
+    fields = {f["name"]: slice(f["start"], f["start"] + f["size"]) for f in policy.contract["obs_layout"]}
+    period = round(1e9 / policy.contract["ctrl_freq_hz"])
+    t0 = h.now_ns()
+    cf1, cf2 = robot_state(20, t0), robot_state(21, t0 + period)
+    h.exchange("cf1", cf1)  # cf2 not seen yet: placed at its target
+    got = h.exchange("cf2", cf2)
+
+    def expected(agent: int, states: list[RobotState], last_action: np.ndarray, targets=TARGETS) -> np.ndarray:
+        stack = {k: np.stack([getattr(s, k) for s in states])[None] for k in ("pos", "quat", "vel", "ang_vel_body")}
+        obs = drone_observation(
+            stack["pos"],
+            stack["quat"],
+            stack["vel"],
+            stack["ang_vel_body"],
+            targets[None],
+            np.zeros((1, 2, 3)),
+            last_action[None],
+            1,
+            fields,
+        )
+        return policy.command(obs[0, agent : agent + 1], agent_ids=[agent])[0]
+
+    np.testing.assert_allclose(linear(got), expected(1, [cf1, cf2], np.zeros((2, 3))), atol=1e-5)
+    assert got.header.frame_id == "world"
+    # the next step observes the command the robot received as its last action (unit command scale)
+    first_cf1 = linear(h.reply("cf1", t0))
+    cf1_next = robot_state(22, t0 + 2 * period)
+    got = h.exchange("cf1", cf1_next)
+    last = np.stack([first_cf1, linear(h.reply("cf2", t0 + period))])
+    np.testing.assert_allclose(linear(got), expected(0, [cf1_next, cf2], last), atol=1e-5)
+    assert not np.allclose(linear(got), 0.0)
+
+    # a goal on /cf2/goal replaces cf2's target
+    goal = PoseStamped()
+    goal.header.frame_id = "world"
+    goal.pose.position.x, goal.pose.position.y, goal.pose.position.z = 1.5, -1.0, 0.8
+    goals = h.node.create_publisher(PoseStamped, "/cf2/goal", COMMAND)
+    assert h.spin_until(lambda: goals.get_subscription_count() > 0, 10.0)
+    goals.publish(goal)
+    assert h.spin_until(lambda: h.policy_node.controller.targets[1].tolist() == [1.5, -1.0, 0.8], 10.0)
+    cf2_next = robot_state(23, t0 + 2 * period)
+    got = h.exchange("cf2", cf2_next)
+    last = np.stack([linear(h.reply("cf1", t0 + 2 * period)), linear(h.reply("cf2", t0 + period))])
+    new_targets = np.array([TARGETS[0], [1.5, -1.0, 0.8]])
+    np.testing.assert_allclose(linear(got), expected(1, [cf1_next, cf2_next], last, new_targets), atol=1e-5)
+
+
+def test_policy_node_fails_safe_on_silence_and_nan_and_recovers(vel_bundle: Path, harness_factory) -> None:
+    timeout_s, period_s = 0.5, 1.0 / 30
+    h = harness_factory(
+        1, vel_bundle, targets=TARGETS.ravel().tolist(), stale_timeout_s=timeout_s, diagnostics_period_s=0.05
+    )
+    seed = iter(range(100, 10_000))
+
+    def fly(robot: str) -> TwistStamped:
+        """One fresh odometry sample (after a control period) and the command it produced."""
+        h.spin_until(lambda: False, period_s)
+        return h.exchange(robot, robot_state(next(seed), h.now_ns()))
+
+    def latest_status(robot: str, since: int, level: bytes) -> DiagnosticStatus:
+        found = h.spin_until(lambda: any(s.level == level for s in h.status(robot, since)), 5.0)
+        assert found, f"no {level!r} diagnostics for {robot}: {[s.level for s in h.status(robot, since)]}"
+        return next(s for s in h.status(robot, since) if s.level == level)
+
+    for _ in range(3):
+        flying = fly("cf1")
+        fly("cf2")
+    assert not np.allclose(linear(flying), 0.0)
+    ok = latest_status("cf1", len(h.diagnostics), DiagnosticStatus.OK)
+    assert values(ok)["fault"] == "none" and ok.name.endswith("cf1")
+
+    # silence on cf1 (cf2 keeps flying): the watchdog sends zero velocity within one timeout
+    last_stamp = stamp_to_ns(flying.header.stamp)
+    n = len(h.commands["cf1"])
+
+    def safe_sent() -> bool:
+        return any(np.array_equal(linear(c), np.zeros(3)) for c in h.commands["cf1"][n:])
+
+    while not safe_sent() and h.now_ns() - last_stamp < 3e9:
+        fly("cf2")
+    safe = next(c for c in h.commands["cf1"][n:] if np.array_equal(linear(c), np.zeros(3)))
+    assert timeout_s < (stamp_to_ns(safe.header.stamp) - last_stamp) * 1e-9 < timeout_s + 3 * period_s + 0.2
+    stale = latest_status("cf1", len(h.diagnostics), DiagnosticStatus.STALE)
+    assert values(stale)["fault"] == "stale" and int(values(stale)["entries_stale"]) >= 1
+    assert float(values(stale)["obs_age_ms"]) > timeout_s * 1e3
+
+    # good odometry again: the policy is back in control
+    assert not np.allclose(linear(fly("cf1")), 0.0)
+    assert values(latest_status("cf1", len(h.diagnostics), DiagnosticStatus.OK))["fault"] == "none"
+
+    # a NaN position: the safe command answers that very sample, then recovery on the next good one
+    h.spin_until(lambda: False, period_s)
+    bad = robot_state(7, h.now_ns())
+    bad = RobotState(np.array([np.nan, 0.0, 1.0]), bad.quat, bad.vel, bad.ang_vel_body, bad.stamp_ns)
+    np.testing.assert_array_equal(linear(h.exchange("cf1", bad)), np.zeros(3))
+    error = latest_status("cf1", len(h.diagnostics), DiagnosticStatus.ERROR)
+    assert values(error)["fault"] == "obs_not_finite" and values(error)["entries_obs_not_finite"] == "1"
+    assert not np.allclose(linear(fly("cf1")), 0.0)
+    recovered = values(latest_status("cf1", len(h.diagnostics), DiagnosticStatus.OK))
+    assert int(recovered["entries_stale"]) >= 1 and recovered["entries_obs_not_finite"] == "1"
+    assert int(recovered["safe_commands"]) >= 2
+
+
+def test_policy_node_refuses_a_bundle_that_differs_from_the_declared_setup(vel_bundle: Path) -> None:
+    context = Context()
+    rclpy.init(context=context, domain_id=DOMAIN_BASE + 2)
+    try:
+        declared = [Parameter("bundle", value=str(vel_bundle)), Parameter("num_agents", value=4)]
+        with pytest.raises(ValueError, match=r"num_agents: .* has 2, the caller declares 4"):
+            PolicyNode(context=context, parameter_overrides=declared)
+        robots = [Parameter("bundle", value=str(vel_bundle)), Parameter("robots", value=["cf1"])]
+        with pytest.raises(ValueError, match="names 1"):
+            PolicyNode(context=context, parameter_overrides=robots)
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
+# ---------------------------------------------------------------------------------------------- processes
+def ros_env(domain: int) -> dict[str, str]:
+    return {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_DOMAIN_ID": str(domain)}
+
+
+def read_until(proc: subprocess.Popen, text: str, timeout_s: float) -> str:
+    """The process's output up to the first line holding ``text``; AssertionError after ``timeout_s``."""
+    seen, deadline = "", time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if select.select([proc.stdout], [], [], 0.1)[0]:
+            seen += proc.stdout.readline()
+            if text in seen:
+                return seen
+    raise AssertionError(f"no {text!r} from {proc.args} within {timeout_s} s; output: {seen}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_policy_node_process_starts_from_the_bundle_parameters_and_stops_cleanly(vel_bundle: Path, sig) -> None:
+    command = [sys.executable, "-m", "s2r_ros.policy_node", "--ros-args", "--params-file"]
+    command += [str(vel_bundle / NODE_PARAMS_FILE), "-p", f"bundle:={vel_bundle}"]
+    proc = subprocess.Popen(
+        command, env=ros_env(DOMAIN_BASE + 3), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        started = read_until(proc, "policy drone-hover", 30.0)
+        assert "for cf1, cf2: vel commands [m/s] on cmd_vel" in started
+        proc.send_signal(sig)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("colcon_core") is None, reason="colcon is not installed (dev extra)")
+def test_colcon_builds_the_workspace_and_installs_the_node(tmp_path: Path) -> None:
+    build = subprocess.run(
+        [
+            *(str(Path(sys.executable).with_name("colcon")), "--log-base", str(tmp_path / "log"), "build"),
+            *("--base-paths", "src", "--build-base", str(tmp_path / "build")),
+            *("--install-base", str(tmp_path / "install")),
+        ],
+        cwd=REPO / "ros2_ws",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    prefix = tmp_path / "install" / "s2r_ros"
+    executable = prefix / "lib" / "s2r_ros" / "policy_node"
+    assert executable.is_file() and os.access(executable, os.X_OK)
+    share = prefix / "share"
+    for path in ("s2r_ros/package.xml", "s2r_ros/config/policy.yaml", "s2r_ros/launch/policy.launch.py"):
+        assert (share / path).is_file(), path
+    assert (share / "ament_index" / "resource_index" / "packages" / "s2r_ros").is_file()
+    # the installed executable runs from the installed package, and explains what it needs
+    site = next(prefix.glob("lib/python3*/site-packages"))
+    run = subprocess.run(
+        [str(executable)],
+        env={**ros_env(DOMAIN_BASE + 4), "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1 and "parameter 'bundle'" in run.stderr, run.stdout + run.stderr
