@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench bench-train bench-robust clean
+.PHONY: setup demo test lint bench bench-train bench-robust bench-ros clean
 
 # The ROS 2 workspace packages install editable too (their nodes run as console scripts); colcon builds the
 # same packages for distro ROS 2 on robots (ros2_ws/README.md).
@@ -41,6 +41,11 @@ bench-train: setup
 # Robustness of six training methods x 3 seeds on 4-drone hover, standard suite on PyBullet (two workers).
 bench-robust: setup
 	$(BIN)/python benchmarks/robustness_drones.py --out benchmarks/results/robustness_drones.json
+
+# ROS 2 bench loop: latency and rate at 100 Hz for 4 and 16 drones with and without the perturbation hop,
+# and bench against simulation tracking error (about 3 minutes).
+bench-ros: setup
+	$(BIN)/python benchmarks/ros_loop.py --out benchmarks/results/ros_loop.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info

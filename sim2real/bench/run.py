@@ -117,6 +117,7 @@ def run_bench(
     duration_s: float = 20.0,
     out_dir: str | Path,
     hold_after_s: float | None = None,
+    rate_hz: float | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Fly ``bundle``'s policy on the simulated swarm under ``scenario`` for ``duration_s``; returns the summary.
@@ -124,6 +125,8 @@ def run_bench(
     ``OUT`` gets ``bag/`` (rosbag2 MCAP), ``logs/`` (one per process), ``params/`` and ``summary.json``.
     Tracking error is measured from the sim bridge's ground truth over the hold window: from ``hold_after_s``
     after the flight started (default: its second half, as the simulation evaluation does) to the end.
+    ``rate_hz`` runs the sim bridge and the policy node at another rate than the trained one (latency
+    benchmarks).
     """
     out_dir = Path(out_dir)
     if (out_dir / "bag").exists():
@@ -155,6 +158,7 @@ def run_bench(
                 "mode": scenario.mode,
                 "state_topic": "odom_raw" if hop else "odom",
                 "dynamics": json.dumps(dynamics) if dynamics else "",
+                "rate_hz": float(rate_hz or 0.0),
             },
             out_dir,
         ),
@@ -179,7 +183,12 @@ def run_bench(
         _node(
             "policy_node",
             "s2r_ros.policy_node",
-            {"bundle": str(bundle), "robots": robots, "command_topic": f"{command}_raw" if command_hop else command},
+            {
+                "bundle": str(bundle),
+                "robots": robots,
+                "command_topic": f"{command}_raw" if command_hop else command,
+                **({"rate_hz": float(rate_hz)} if rate_hz else {}),
+            },
             out_dir,
         )
     )
@@ -201,7 +210,7 @@ def run_bench(
     hold_from_ns = flight_start_ns + int(hold_after_s * 1e9)
     summary = compute_metrics(
         out_dir / "bag",
-        nominal_rates={"/*/odom": float(contract["ctrl_freq_hz"])},
+        nominal_rates={"/*/odom": float(rate_hz or contract["ctrl_freq_hz"])},
         targets=targets,
         collision_distance_m=0.1,
         hold_from_ns=hold_from_ns,

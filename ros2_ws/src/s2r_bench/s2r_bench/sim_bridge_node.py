@@ -11,7 +11,8 @@ Per robot ``R`` of ``robots`` (``cf1``..``cfN`` by default):
   ``R/cmd_rpm`` (``std_msgs/Float32MultiArray``, RPM) for motor policies, reliable depth 1.
 
 plus ``/clock`` (``rosgraph_msgs/Clock``, simulated time). The physics is :class:`sim2real.bench.bridge.BridgeSim`
-(PyBullet by default; ``dynamics`` takes a ``dynamics.*`` perturbation spec as JSON). ``mode: realtime``
+(PyBullet by default; ``dynamics`` takes a ``dynamics.*`` perturbation spec as JSON; ``rate_hz`` > 0 steps
+at another rate than the trained one). ``mode: realtime``
 steps on a wall-clock timer at the env's control rate; ``mode: lockstep`` steps as soon as every robot has
 answered the last odometry (its command carries that stamp), or after ``lockstep_timeout_s``.
 """
@@ -60,6 +61,7 @@ class SimBridgeNode(Node):
             duration_s=self.declare_parameter("duration_s", 60.0).value,
             dynamics=json.loads(dynamics) if dynamics else None,
             command_timeout_s=self.declare_parameter("command_timeout_s", 0.5).value,
+            rate_hz=self.declare_parameter("rate_hz", 0.0).value or None,
         )
         n = self.sim.num_agents
         self.declare_parameter("robots", Parameter.Type.STRING_ARRAY)
