@@ -13,8 +13,8 @@ forwarded; a delayed one carries its original payload under the newest header. `
 the simulator and are rejected here.
 
 Ground truth: every perturbation hit is published on ``/bench/perturbation_events`` (``std_msgs/String``,
-JSON ``{robot, stream, kind, name, hits, magnitude}``). The service ``~/set_enabled``
-(``std_srvs/SetBool``) switches all perturbations on or off at run time.
+JSON ``{robot, stream, kind, name, hits, mean_magnitude}``, the mean over the hits so far). The service
+``~/set_enabled`` (``std_srvs/SetBool``) switches all perturbations on or off at run time.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from nav_msgs.msg import Odometry
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from s2r_ros.executor import run_node
 from s2r_ros.qos import COMMAND, SENSOR
 from std_msgs.msg import String
@@ -43,6 +44,8 @@ from sim2real.perturb.stream import StreamPerturber
 NODE_NAME = "perturbation_node"
 ODOMETRY_LAYOUT = {"position": 3, "attitude": 4, "velocity": 3, "gyro": 3}
 EVENTS_TOPIC = "/bench/perturbation_events"
+EVENTS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+"""Ground truth is not to be lost: reliable, with room for a burst (one event per hit and message)."""
 
 
 def state_vector(state: RobotState) -> np.ndarray:
@@ -102,7 +105,7 @@ class PerturbationNode(Node):
                     TwistStamped, f"{robot}/{command_in}", partial(self._on_command, agent), COMMAND
                 )
                 self.command_publishers.append(self.create_publisher(TwistStamped, f"{robot}/{command_out}", COMMAND))
-        self.events_publisher = self.create_publisher(String, EVENTS_TOPIC, COMMAND)
+        self.events_publisher = self.create_publisher(String, EVENTS_TOPIC, EVENTS)
         self.create_service(SetBool, "~/set_enabled", self._on_set_enabled)
         explained = "; ".join(self.perturbers[0].pipeline.explain()) or "nothing (pass-through)"
         self.get_logger().info(f"{', '.join(self.robots)}: {state_in} -> {state_out}: {explained}")
