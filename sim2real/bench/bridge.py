@@ -17,10 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from sim2real.deploy.state import RobotState
+from sim2real.deploy.state import NEVER, RobotState
 from sim2real.envs import make
-
-NEVER = -1
 
 
 def split_spec(spec: Any) -> tuple[dict | None, dict | None]:
@@ -123,8 +121,7 @@ class BridgeSim:
     def targets(self) -> np.ndarray:
         """Each robot's current target position ``[N, 3]`` [m] (world frame)."""
         sim = self.env.sim
-        steps = np.asarray([self.time_s * self.ctrl_freq])
-        target_pos, _ = self.env.task.target_state(steps / self.ctrl_freq, sim.pos, self.env.active)
+        target_pos, _ = self.env.task.target_state(np.asarray([self.time_s]), sim.pos, self.env.active)
         return np.asarray(target_pos[0], dtype=np.float64).copy()
 
     def close(self) -> None:

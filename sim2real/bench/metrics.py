@@ -52,6 +52,8 @@ from typing import Any
 import numpy as np
 from rosbags.highlevel import AnyReader
 
+from sim2real.deploy.codecs import stamp_to_ns
+
 DIAGNOSTIC_LEVELS = {0: "OK", 1: "WARN", 2: "ERROR", 3: "STALE"}
 FAILSAFE_COUNTER_PREFIX = "entries_"
 NS_PER_S = 1_000_000_000
@@ -98,11 +100,6 @@ def split_robot_topic(topic: str) -> tuple[str, str] | None:
     """``"/cf1/odom"`` -> ``("cf1", "odom")``; None for a topic that is not ``/<robot>/<name>``."""
     parts = topic.strip("/").split("/")
     return (parts[0], parts[1]) if len(parts) == 2 else None
-
-
-def stamp_to_ns(stamp: Any) -> int:
-    """A ``builtin_interfaces/Time`` in ns."""
-    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
 
 
 def _position(msg: Any) -> np.ndarray:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 from tqdm import tqdm
 
@@ -225,11 +224,5 @@ def run_bench(
         processes=exits,
         injection={"odometry": hop, "commands": command_hop, "dynamics_in_sim": dynamics},
     )
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
