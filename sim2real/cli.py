@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -53,33 +54,45 @@ def envs_command(
 
 @app.command("demo")
 def demo_command(
-    out: Path = typer.Option(Path("runs/demo"), help="Output directory for summary.json and the plot."),
-    num_drones: int = typer.Option(4, min=1, max=64, help="Number of drones."),
-    seconds: float = typer.Option(10.0, min=1.0, max=600.0, help="Simulated flight time [s]."),
-    effects: str = typer.Option("all", help="Aerodynamic effects: all, none, or a list like ground,drag."),
-    seed: int = typer.Option(0, help="Random seed."),
+    out: Path = typer.Option(Path("runs/demo"), help="Output directory: train/, bundle/, bench/, summary.json."),
+    steps: float = typer.Option(1.2e6, min=1e4, help="Env steps of ERNIE training (1.2e6: about 3-4 minutes)."),
+    episodes: int = typer.Option(8, min=1, help="Episodes per condition of the quick robustness suite."),
+    duration: float = typer.Option(20.0, min=2.0, max=3600.0, help="ROS 2 bench flight time [s]."),
+    scenario: str = typer.Option("noise", help="Bench scenario: clean, noise, dropout, delay, malicious or YAML."),
+    seed: int = typer.Option(0, min=0, help="Training seed."),
+    overwrite: bool = typer.Option(False, help="Train from scratch even if OUT/train holds the demo's run."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """Fly the built-in end-to-end demo: a scripted swarm formation on PyBullet and the batched twin."""
-    from sim2real.demo import run_demo
-    from sim2real.envs.drones.forces import parse_effects
+    """The end-to-end demo: train 4-drone hover with ERNIE, evaluate, export, fly it on the ROS 2 bench."""
+    from sim2real.bench.launcher import ProcessDiedError
+    from sim2real.bench.run import ScenarioError
+    from sim2real.demo import DemoError, run_demo
+    from sim2real.train import RunError
 
     try:
-        chosen = tuple(sorted(parse_effects(effects)))
-    except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--effects") from err
-    summary = run_demo(out, num_drones=num_drones, seconds=seconds, effects=chosen, seed=seed)
-    typer.echo(f"drone-formation, {num_drones} drones, {seconds:.0f} s, effects: {', '.join(chosen) or 'none'}")
-    typer.echo(
-        f"{'backend':>9s} {'mean err [m]':>13s} {'max err [m]':>12s} {'return/agent':>13s} "
-        f"{'collisions':>10s} {'crashes':>8s} {'x realtime':>10s}"
-    )
-    for r in summary["results"]:
-        typer.echo(
-            f"{r['backend']:>9s} {r['mean_pos_error_m']:13.3f} {r['max_pos_error_m']:12.3f} "
-            f"{r['return_per_agent']:13.1f} {r['collisions']:10d} {r['crashes']:8d} {r['realtime_factor']:10.1f}"
+        summary = run_demo(
+            out,
+            steps=steps,
+            episodes=episodes,
+            duration_s=duration,
+            scenario=scenario,
+            seed=seed,
+            overwrite=overwrite,
+            progress=progress,
+            say=typer.echo,
         )
-    typer.echo(f"largest PyBullet vs batched position gap: {summary['max_sim_to_sim_gap_m']:.3f} m")
-    typer.echo(f"wrote {out / 'summary.json'}" + (f" and {summary['plot']}" if "plot" in summary else ""))
+    except ScenarioError as err:
+        raise typer.BadParameter(str(err), param_hint="--scenario") from err
+    except (DemoError, RunError) as err:
+        typer.echo(f"demo stopped: {err}", err=True)
+        raise typer.Exit(2) from err
+    except ProcessDiedError as err:
+        typer.echo(f"demo stopped: the bench failed: {err}", err=True)
+        raise typer.Exit(1) from err
+    bench = json.loads(Path(summary["metrics"]).read_text())
+    typer.echo(_bench_lines(bench))
+    report, bag, metrics, plot = (summary.get(k) for k in ("report", "bag", "metrics", "plot"))
+    typer.echo(_paths(report=report, bag=bag, metrics=metrics, plot=plot, summary=out / "summary.json"))
 
 
 @app.command("train")
@@ -202,7 +215,6 @@ def eval_command(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Evaluate a policy under a robustness suite (results.json + report.md), or --compare evaluated runs."""
-    import json
 
     import torch
 
@@ -424,6 +436,7 @@ def bench_ros_command(
         typer.echo(f"bench failed: {err}", err=True)
         raise typer.Exit(1) from err
     typer.echo(_bench_lines(summary))
+    typer.echo(_paths(bag=summary["bag"], metrics=out / "summary.json", plot=summary.get("plot")))
 
 
 def _bench_lines(summary: dict) -> str:
@@ -440,9 +453,13 @@ def _bench_lines(summary: dict) -> str:
             f"min separation {o.get('min_separation_m') or float('nan'):.3f} m, collisions {o.get('collisions')}",
             f"  failsafe entries {o['failsafe_entries']}, stale reports {o['stale_reports']}, drops {o['drops']}, "
             f"perturbation events {summary['perturbation_events']['count']}",
-            f"  bag {Path(summary['bag'])}, metrics {Path(summary['bag']).parent / 'summary.json'}",
         ]
     )
+
+
+def _paths(**paths: str | Path | None) -> str:
+    """``name  path`` lines for the outputs a command wrote (None paths left out)."""
+    return "\n".join(f"{name:<8s}{path}" for name, path in paths.items() if path is not None)
 
 
 perturb_app = typer.Typer(help="Perturbation specs: list the kinds, check a spec.", no_args_is_help=True)

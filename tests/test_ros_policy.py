@@ -168,6 +168,11 @@ def test_failsafe_faults_give_the_safe_command_count_entries_and_recover() -> No
     assert counts["entries_stale"] == 2 and counts["entries_command_not_finite"] == 1
     assert counts["entries_missing"] == 0 and counts["safe_commands"] == 4 and counts["commands"] == 6
     assert fs.counts(1)["commands"] == 0 and fs.fault[1] == "missing"
+    # start-up faults (waiting for the first state and target) are not entries; once in control they are
+    assert fs.guard(1, "no_target").starting and fs.counts(1)["entries_no_target"] == 0
+    assert fs.guard(1, "stale").starting and fs.counts(1)["entries_stale"] == 1
+    assert fs.guard(1, None, np.zeros(3)).fault is None and not fs.guard(1, "no_target").starting
+    assert fs.counts(1)["entries_no_target"] == 1
 
 
 def test_guard_clamps_to_the_bounds_and_rate_limits_but_never_delays_the_safe_command() -> None:

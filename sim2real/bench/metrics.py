@@ -275,6 +275,7 @@ def compute_metrics(
     collision_distance_m: float | None = None,
     hold_from_ns: int | None = None,
     topics: BenchTopics | None = None,
+    contents: BagContents | None = None,
 ) -> dict[str, Any]:
     """Bench metrics of one bag (definitions in the module docstring).
 
@@ -287,12 +288,13 @@ def compute_metrics(
         hold_from_ns: the tracking error uses ground truth stamped at or after this time (ns; the hold window
             after the take-off transient); None: all of it.
         topics: the bench topic names (default :class:`BenchTopics`).
+        contents: the bag as :func:`read_bag` already read it (with the same ``topics``); None: read ``bag_dir``.
 
     Returns:
         ``{"bag", "overall", "robots", "topics", "perturbation_events"}``, JSON-ready.
     """
     topics = topics or BenchTopics()
-    contents = read_bag(bag_dir, topics)
+    contents = contents or read_bag(bag_dir, topics)
     nominal_rates = nominal_rates or {}
     targets = targets or {}
     robot_topics: dict[str, dict[str, TopicRecord]] = {}

@@ -11,7 +11,8 @@ private ROS domain (:class:`~sim2real.bench.launcher.BenchLauncher`):
 - the policy node with the bundle;
 
 flies for ``duration_s``, stops everything by process group and writes ``OUT/summary.json``: the bench
-metrics (:mod:`sim2real.bench.metrics`) with the scenario, the bundle and how each process ended.
+metrics (:mod:`sim2real.bench.metrics`) with the scenario, the bundle and how each process ended, and
+``OUT/tracking.png`` (:mod:`sim2real.bench.plot`, with matplotlib).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from tqdm import tqdm
 
 from sim2real.bench.bridge import BridgeSim, split_spec
 from sim2real.bench.launcher import BenchLauncher, ProcessSpec
-from sim2real.bench.metrics import compute_metrics
+from sim2real.bench.metrics import compute_metrics, read_bag
+from sim2real.bench.plot import plot_tracking
 from sim2real.export import verify_bundle
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
@@ -121,7 +123,8 @@ def run_bench(
 ) -> dict[str, Any]:
     """Fly ``bundle``'s policy on the simulated swarm under ``scenario`` for ``duration_s``; returns the summary.
 
-    ``OUT`` gets ``bag/`` (rosbag2 MCAP), ``logs/`` (one per process), ``params/`` and ``summary.json``.
+    ``OUT`` gets ``bag/`` (rosbag2 MCAP), ``logs/`` (one per process), ``params/``, ``summary.json`` and
+    ``tracking.png`` (with matplotlib; its path is the summary's ``plot``).
     Tracking error is measured from the sim bridge's ground truth over the hold window: from ``hold_after_s``
     after the flight started (default: its second half, as the simulation evaluation does) to the end.
     ``rate_hz`` runs the sim bridge and the policy node at another rate than the trained one (latency
@@ -158,6 +161,7 @@ def run_bench(
                 "state_topic": "odom_raw" if hop else "odom",
                 "dynamics": json.dumps(dynamics) if dynamics else "",
                 "rate_hz": float(rate_hz or 0.0),
+                "wait_for_recorder": True,
             },
             out_dir,
         ),
@@ -198,7 +202,7 @@ def run_bench(
         for spec in processes[1:]:
             bench.start(spec)
         bench.wait_for_output("policy_node", "event-driven", STARTUP_TIMEOUT_S)
-        bench.wait_for_output("sim_bridge", "robots", STARTUP_TIMEOUT_S)
+        bench.wait_for_output("sim_bridge", "flying", STARTUP_TIMEOUT_S)
         flight_start_ns = time.time_ns()
         steps = max(1, int(duration_s * 10))
         for _ in tqdm(range(steps), desc=f"bench {scenario.name}", unit="s", unit_scale=0.1, disable=not progress):
@@ -207,8 +211,10 @@ def run_bench(
     exits = {name: {"returncode": e.returncode, "stopped_by": e.stopped_by} for name, e in bench.exits.items()}
     hold_after_s = (1.0 - HOLD_FRACTION) * duration_s if hold_after_s is None else hold_after_s
     hold_from_ns = flight_start_ns + int(hold_after_s * 1e9)
+    contents = read_bag(out_dir / "bag")
     summary = compute_metrics(
         out_dir / "bag",
+        contents=contents,
         nominal_rates={"/*/odom": float(rate_hz or contract["ctrl_freq_hz"])},
         targets=targets,
         collision_distance_m=0.1,
@@ -224,5 +230,11 @@ def run_bench(
         processes=exits,
         injection={"odometry": hop, "commands": command_hop, "dynamics_in_sim": dynamics},
     )
+    title = f"bench {scenario.name}: {scenario.description or 'no perturbation'}"
+    plot = plot_tracking(
+        contents, targets, out_dir / "tracking.png", start_ns=flight_start_ns, hold_from_ns=hold_from_ns, title=title
+    )
+    if plot is not None:
+        summary["plot"] = str(plot)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

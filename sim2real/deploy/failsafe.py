@@ -11,8 +11,10 @@ Faults, in the order they are checked:
 A robot with a fault gets the safe command (the command of the zero action: zero velocity for ``vel``
 policies, hover RPM for ``rpm`` policies) at once, without rate limit. Without a fault the policy's command
 is clamped to the contract's command bounds and then moved at most ``max_step`` per component from the last
-command sent. Robots start in failsafe (fault ``missing``, not counted) and leave it on the first good step.
-Each change of a robot's fault to another reason counts one entry for that reason.
+command sent. Robots start in failsafe (fault ``missing``) and leave it on the first good step; until then
+they are *starting*, and the start-up faults (``missing``, ``no_target``: waiting for the first state and
+target) are not counted. Otherwise each change of a robot's fault to another reason counts one entry for
+that reason.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 FAULTS = ("missing", "stale", "no_target", "obs_not_finite", "command_not_finite")
+STARTUP_FAULTS = {"missing": "its first state", "no_target": "a target"}  # fault -> what a starting robot awaits
 
 
 @dataclass(frozen=True)
@@ -33,12 +36,14 @@ class GuardedCommand:
         fault: the reason the safe command was sent, None when the policy is in control.
         previous_fault: the robot's fault before this step (None when it was in control).
         limited: the policy's command was clamped or rate-limited.
+        starting: the robot has never been in control (its start-up faults are not counted).
     """
 
     command: np.ndarray
     fault: str | None
     previous_fault: str | None
     limited: bool
+    starting: bool = False
 
     @property
     def changed(self) -> bool:
@@ -75,6 +80,7 @@ class Failsafe:
         self.stale_timeout_s = float(stale_timeout_s)
         self.max_step = None if max_step is None else np.asarray(max_step, dtype=np.float64)
         self.fault: list[str | None] = ["missing"] * num_agents
+        self.started = np.zeros(num_agents, dtype=bool)
         self.last_command = np.tile(self.safe_command, (num_agents, 1))
         self.entries = {reason: np.zeros(num_agents, dtype=np.int64) for reason in FAULTS}
         self.commands = np.zeros(num_agents, dtype=np.int64)
@@ -115,13 +121,14 @@ class Failsafe:
                 out = np.clip(out, last - self.max_step, last + self.max_step)
             limited = not np.array_equal(out, proposed)
             self.limited_commands[agent] += limited
-        previous = self.fault[agent]
-        if fault is not None and fault != previous:
+        previous, starting = self.fault[agent], not self.started[agent]
+        if fault is not None and fault != previous and not (starting and fault in STARTUP_FAULTS):
             self.entries[fault][agent] += 1
+        self.started[agent] |= fault is None
         self.fault[agent] = fault
         self.last_command[agent] = out
         self.commands[agent] += 1
-        return GuardedCommand(out, fault, previous, limited)
+        return GuardedCommand(out, fault, previous, limited, starting and fault is not None)
 
     def counts(self, agent: int) -> dict[str, int]:
         """Counters of robot ``agent``: commands, safe and limited commands, and failsafe entries per fault."""

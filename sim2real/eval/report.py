@@ -23,7 +23,7 @@ import numpy as np
 from sim2real.eval.suite import FAMILIES
 
 
-def _figure(width: float, height: float, ncols: int = 1) -> tuple[Any, Any] | None:
+def new_figure(width: float, height: float, ncols: int = 1) -> tuple[Any, Any] | None:
     """A matplotlib ``Figure`` with ``ncols`` axes (no pyplot, no global backend change); None without matplotlib."""
     try:
         from matplotlib.figure import Figure
@@ -101,7 +101,7 @@ def _report_plots(record: dict[str, Any], out_dir: Path) -> list[str] | None:
     """``ratios.png`` and ``sweeps.png``; None when matplotlib is missing."""
     backends = record["backends"]
     evaluated = [(f, n, e) for f, n, e in conditions(record) if "skipped" not in e and f != "clean"]
-    made = _figure(max(6.0, 0.35 * len(evaluated) * len(backends)), 4.0)
+    made = new_figure(max(6.0, 0.35 * len(evaluated) * len(backends)), 4.0)
     if made is None:
         return None
     if not evaluated:
@@ -122,7 +122,7 @@ def _report_plots(record: dict[str, Any], out_dir: Path) -> list[str] | None:
     names = ["ratios.png"]
     sweeps = _sweeps(record)
     if sweeps:
-        fig, axes = _figure(3.2 * len(sweeps), 3.0, len(sweeps))
+        fig, axes = new_figure(3.2 * len(sweeps), 3.0, len(sweeps))
         for ax, (sweep, points) in zip(axes, sweeps.items(), strict=True):
             for b in backends:
                 xs = [p[0] for p in points if b in p[1]]
@@ -284,7 +284,7 @@ def _compare_plots(result: dict[str, Any], names: list[tuple[str, str]], out_dir
     methods = result["methods"]
     labels = list(methods)
     cols = [n for f, n in names if f != "clean" and any("skipped" not in methods[m]["conditions"][n] for m in labels)]
-    made = _figure(max(6.0, 0.42 * len(cols)), 0.5 * len(labels) + 2.2)
+    made = new_figure(max(6.0, 0.42 * len(cols)), 0.5 * len(labels) + 2.2)
     if made is None:
         return None
     fig, (ax,) = made
@@ -309,7 +309,7 @@ def _compare_plots(result: dict[str, Any], names: list[tuple[str, str]], out_dir
         if sweep:
             sweeps[sweep].append(n)
     if sweeps:
-        fig, axes = _figure(3.2 * len(sweeps), 3.0, len(sweeps))
+        fig, axes = new_figure(3.2 * len(sweeps), 3.0, len(sweeps))
         for ax, (sweep, conds) in zip(axes, sweeps.items(), strict=True):
             for m in labels:
                 pts = [methods[m]["conditions"][n] for n in conds if "skipped" not in methods[m]["conditions"][n]]

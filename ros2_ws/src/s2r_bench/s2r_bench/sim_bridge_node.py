@@ -15,6 +15,12 @@ plus ``/clock`` (``rosgraph_msgs/Clock``, simulated time). The physics is :class
 at another rate than the trained one). ``mode: realtime``
 steps on a wall-clock timer at the env's control rate; ``mode: lockstep`` steps as soon as every robot has
 answered the last odometry (its command carries that stamp), or after ``lockstep_timeout_s``.
+
+Start-up: with ``hold_until_connected`` (default true) the simulation stands still, the robots held at their
+initial states (published at the control rate, so nothing goes stale), until every robot's state and goal
+topics have a matched subscriber and its command topic a matched publisher (with ``wait_for_recorder``, its
+``truth`` topic a subscriber too), or ``connect_timeout_s`` has passed (then it warns what is missing). It logs
+``flying`` when the simulation starts: a bench measures from there, and its recording misses nothing.
 """
 
 from __future__ import annotations
@@ -80,13 +86,14 @@ class SimBridgeNode(Node):
         command_topic = self.declare_parameter("command_topic", "cmd_vel" if vel else "cmd_rpm").value
         command_type = TwistStamped if vel else Float32MultiArray
 
-        self.state_publishers, self.truth_publishers, self.goal_publishers = [], [], []
+        self.state_publishers, self.truth_publishers, self.goal_publishers, subscriptions = [], [], [], []
         for agent, robot in enumerate(self.robots):
             self.state_publishers.append(self.create_publisher(Odometry, f"{robot}/{state_topic}", SENSOR))
             self.truth_publishers.append(self.create_publisher(Odometry, f"{robot}/truth", SENSOR))
             self.goal_publishers.append(self.create_publisher(PoseStamped, f"{robot}/goal", COMMAND))
             on_command = partial(self._on_command, agent)
-            self.create_subscription(command_type, f"{robot}/{command_topic}", on_command, COMMAND)
+            command = self.create_subscription(command_type, f"{robot}/{command_topic}", on_command, COMMAND)
+            subscriptions.append(command)
         self.clock_publisher = self.create_publisher(Clock, "/clock", SENSOR)
         self.answered = np.zeros(n, dtype=bool)
         self.last_stamp_ns = -1
@@ -95,6 +102,10 @@ class SimBridgeNode(Node):
         self.goals = np.full((n, 3), np.nan)
         self.goal_period_ns = int(1e9 / self.declare_parameter("goal_rate_hz", 2.0).value)
         self.last_goal_ns = 0
+        self.command_subscriptions = subscriptions
+        self.flying = not self.declare_parameter("hold_until_connected", True).value
+        self.wait_for_recorder = self.declare_parameter("wait_for_recorder", False).value
+        self.connect_deadline_ns = self._now_ns() + int(self.declare_parameter("connect_timeout_s", 30.0).value * 1e9)
         period = 1.0 / self.sim.ctrl_freq
         self.create_timer(period if self.mode == "realtime" else period / 4, self._on_timer)
         self._publish_states(self._now_ns())
@@ -116,15 +127,37 @@ class SimBridgeNode(Node):
         if not self.sim.set_command(agent, command, now):
             self.get_logger().warning(f"{self.robots[agent]}: rejected command {command.tolist()}", once=True)
             return
-        if self.mode == "lockstep" and (stamp is None or stamp == self.last_stamp_ns):
+        if self.flying and self.mode == "lockstep" and (stamp is None or stamp == self.last_stamp_ns):
             self.answered[agent] = True
             if np.all(self.answered | ~self.sim.env.active[0]):
                 self._step(now)
 
     def _on_timer(self) -> None:
         now = self._now_ns()
-        if self.mode == "realtime" or now - self.last_step_ns >= self.lockstep_timeout_ns:
+        if not self.flying:
+            self._hold(now)
+        elif self.mode == "realtime" or now - self.last_step_ns >= self.lockstep_timeout_ns:
             self._step(now)
+
+    def _unconnected(self) -> list[str]:
+        """The topics the flight waits for that have no matched peer yet."""
+        publishers = self.state_publishers + self.goal_publishers
+        if self.wait_for_recorder:
+            publishers = publishers + self.truth_publishers
+        waiting = [p.topic_name for p in publishers if not p.get_subscription_count()]
+        return waiting + [s.topic_name for s in self.command_subscriptions if not s.get_publisher_count()]
+
+    def _hold(self, now: int) -> None:
+        """Publish the held initial states until everything is connected (or the timeout), then start flying."""
+        waiting = self._unconnected()
+        if waiting and now < self.connect_deadline_ns:
+            self._publish_states(now)
+            return
+        if waiting:
+            self.get_logger().warning(f"starting although nothing is connected to: {', '.join(waiting)}")
+        self.flying, self.last_goal_ns = True, 0  # the goals go out again with the first flying state
+        self.get_logger().info("flying: every robot's topics are connected" if not waiting else "flying")
+        self._step(now)
 
     def _step(self, now: int) -> None:
         self.sim.step(now)

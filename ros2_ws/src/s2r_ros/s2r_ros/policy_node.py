@@ -37,6 +37,7 @@ from s2r_ros.executor import run_node
 from s2r_ros.qos import COMMAND, DIAGNOSTICS, SENSOR
 from sim2real.deploy import AgentCommand, SwarmController
 from sim2real.deploy.codecs import TWIST_FRAMES, fill_stamp, fill_twist_stamped, read_odometry, read_position
+from sim2real.deploy.failsafe import STARTUP_FAULTS
 from sim2real.export import OnnxPolicy, verify_bundle
 from sim2real.export.bundle import POLICY_FILE
 
@@ -142,7 +143,9 @@ class PolicyNode(Node):
     def _publish(self, out: AgentCommand) -> None:
         guarded, robot = out.guarded, self.robots[out.agent]
         if guarded.changed:
-            if guarded.previous_fault is None:
+            if guarded.starting and guarded.fault in STARTUP_FAULTS:
+                self.get_logger().info(f"{robot}: starting, waiting for {STARTUP_FAULTS[guarded.fault]}")
+            elif guarded.previous_fault is None:
                 self.get_logger().warning(
                     f"{robot}: failsafe ({guarded.fault}), sending the safe command {guarded.command.tolist()} "
                     f"{self.spec.unit}"
