@@ -452,7 +452,7 @@ def _bench_lines(summary: dict) -> str:
             f"  tracking error (hold window): {'n/a' if tracking is None else f'{tracking:.3f} m'}; "
             f"min separation {o.get('min_separation_m') or float('nan'):.3f} m, collisions {o.get('collisions')}",
             f"  failsafe entries {o['failsafe_entries']}, stale reports {o['stale_reports']}, drops {o['drops']}, "
-            f"perturbation events {summary['perturbation_events']['count']}",
+            f"perturbation hits {summary['perturbation_events']['hits']}",
         ]
     )
 

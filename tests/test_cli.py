@@ -86,7 +86,7 @@ def test_demo_trains_evaluates_exports_and_flies_the_bench(tmp_path) -> None:
     [bag_file] = Path(summary["bag"]).glob("*.mcap")
     with bag_file.open("rb") as stream:
         topics = {channel.topic for channel in make_reader(stream).get_summary().channels.values()}
-    assert {"/cf1/odom", "/cf1/cmd_vel", "/cf1/truth", "/bench/perturbation_events"} <= topics
+    assert {"/cf1/odom_raw", "/cf1/odom", "/cf1/cmd_vel", "/bench/perturbation_events"} <= topics
     for name in ("report", "bag", "metrics"):
         assert f"{name} " in proc.stdout and summary[name] in proc.stdout
     # The run is kept: a second demo with another seed would mix runs and is refused before anything runs.

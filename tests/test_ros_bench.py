@@ -80,6 +80,8 @@ def test_recorder_bag_of_isolated_run_reads_back_independently(tmp_path: Path, s
     assert exits["recorder"].returncode == 0 and exits["talker"].returncode == 0
     assert exits["talker"].stopped_by == "SIGINT"
     assert exits["recorder"].stopped_by == ("SIGINT" if stop_signal == signal.SIGINT else "exited")
+    assert 0 < exits["talker"].cpu_percent < 100  # measured just before the stop; a process that exited has none
+    assert (exits["recorder"].cpu_percent is None) == (stop_signal == signal.SIGTERM)
     messages = read_with_mcap(bag)
     assert set(messages) == {"/cf1/cmd_vel", "/cf1/odom"}
     commands = messages["/cf1/cmd_vel"]
@@ -240,7 +242,8 @@ def test_metrics_of_a_known_bag(tmp_path: Path) -> None:
     for robot, path in paths.items():
         records += [(T0 + n * 10**8, f"/{robot}/truth", truth(T0 + n * 10**8, xyz)) for n, xyz in enumerate(path)]
     events = [json.dumps({"kind": kind, "agent": 0}) for kind in ("obs.noise", "obs.noise", "timing.delay")]
-    for n, event in enumerate([*events, "not json"]):
+    report = json.dumps([{"kind": "obs.noise", "hits": 3}, {"kind": "timing.delay", "hits": 2}])  # the node's form
+    for n, event in enumerate([*events, "not json", report]):
         records += [(T0 + n * MS, "/bench/perturbation_events", String(data=event))]
 
     bag = tmp_path / "bag"
@@ -294,4 +297,9 @@ def test_metrics_of_a_known_bag(tmp_path: Path) -> None:
     assert "tracking_error" not in cf2
     assert summary["overall"]["min_separation_m"] == pytest.approx(0.05)
     assert summary["overall"]["collisions"] == 2
-    assert summary["perturbation_events"] == {"count": 4, "by_kind": {"obs.noise": 2, "timing.delay": 1, "unknown": 1}}
+    assert summary["perturbation_events"] == {
+        "messages": 5,
+        "count": 6,
+        "hits": 9,
+        "by_kind": {"obs.noise": 5, "timing.delay": 3, "unknown": 1},
+    }

@@ -23,6 +23,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from s2r_bench.perturbation_node import PerturbationNode
 from s2r_ros.qos import SENSOR
 from std_msgs.msg import String
+from std_srvs.srv import SetBool
 from typer.testing import CliRunner
 
 from sim2real.bench.bridge import split_spec
@@ -60,7 +61,10 @@ def test_scenarios_load_and_split_between_the_simulator_and_the_perturbation_nod
 
 
 def test_perturbation_node_noise_and_dropout_statistics_match_the_spec() -> None:
-    """1000 odometry messages through the node: position noise std 0.05 m, 20% of messages held (dropout)."""
+    """1000 odometry messages through the node: position noise std 0.05 m, 20% of messages held (dropout).
+
+    Then ``~/set_enabled`` switches the perturbations off (messages pass unchanged) and on again.
+    """
     context = Context()
     rclpy.init(context=context, domain_id=DOMAIN)
     spec = {
@@ -83,41 +87,63 @@ def test_perturbation_node_noise_and_dropout_statistics_match_the_spec() -> None
     executor = rclpy.executors.SingleThreadedExecutor(context=context)
     executor.add_node(node)
     executor.add_node(driver)
+
+    def send(k: int) -> RobotState:
+        """Publish sample ``k`` (x velocity 0.001 k m/s, a constant pose) and let both nodes handle it."""
+        state = RobotState(
+            np.array([1.0, 2.0, 1.0]), np.array([0.0, 0.0, 0.0, 1.0]), np.array([0.001 * k, 0, 0]), np.zeros(3), k
+        )
+        msg = Odometry()
+        fill_odometry(msg, state)
+        publisher.publish(msg)
+        for _ in range(3):
+            executor.spin_once(timeout_sec=0.002)
+        return state
+
     try:
         deadline = time.monotonic() + 10
         while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.01)
-        sent = []
-        for k in range(1000):
-            state = RobotState(
-                np.array([1.0, 2.0, 1.0]), np.array([0.0, 0.0, 0.0, 1.0]), np.array([0.001 * k, 0, 0]), np.zeros(3), k
-            )
-            msg = Odometry()
-            fill_odometry(msg, state)
-            publisher.publish(msg)
-            sent.append(state)
-            for _ in range(3):
-                executor.spin_once(timeout_sec=0.002)
+        sent = [send(k) for k in range(1000)]
         deadline, seen, quiet_since = time.monotonic() + 10, -1, time.monotonic()
         while time.monotonic() < deadline and time.monotonic() - quiet_since < 0.5:  # until nothing more arrives
             executor.spin_once(timeout_sec=0.01)
             if len(received) + len(events) != seen:
                 seen, quiet_since = len(received) + len(events), time.monotonic()
+        statistics, switched = list(received), {}
+        switch = driver.create_client(SetBool, "/perturbation_node/set_enabled")
+        assert switch.wait_for_service(timeout_sec=10)
+        for enabled in (False, True):
+            future = switch.call_async(SetBool.Request(data=enabled))
+            executor.spin_until_future_complete(future, timeout_sec=10)
+            assert future.result().success and future.result().message == f"perturbations {'on' if enabled else 'off'}"
+            received.clear()
+            for k in range(20):
+                send(k)
+            executor.spin_once(timeout_sec=0.05)
+            switched[enabled] = np.array([read_odometry(m).pos for m in received])
     finally:
         executor.shutdown()
         node.destroy_node()
         driver.destroy_node()
         rclpy.try_shutdown(context=context)
-    assert len(received) >= 950  # best effort on loopback: hardly anything is lost
-    out = [read_odometry(m) for m in received]
+    assert len(statistics) >= 950  # best effort on loopback: hardly anything is lost
+    out = [read_odometry(m) for m in statistics]
     stamps = np.array([s.stamp_ns for s in out])
     noise = np.array([s.pos for s in out]) - np.array([1.0, 2.0, 1.0])
     assert noise.std() == pytest.approx(0.05, rel=0.1) and abs(noise.mean()) < 0.01
     vel_in = np.array([sent[int(t)].vel[0] for t in stamps])
     held = np.abs(np.array([s.vel[0] for s in out]) - vel_in) > 1e-6  # the velocity kept an older value
     assert held.mean() == pytest.approx(0.2, abs=0.04)
-    kinds = [json.loads(e.data)["kind"] for e in events]
-    assert kinds.count("obs.gaussian") >= 950 and 150 < kinds.count("obs.dropout") < 250
+    hits = {"obs.gaussian": 0, "obs.dropout": 0}
+    for report in events:  # one JSON list of records per report period
+        for record in json.loads(report.data):
+            assert record["robot"] == "cf1" and record["stream"] == "state"
+            hits[record["kind"]] += record["hits"]
+    assert len(events) < 100  # reported every 0.1 s, not per message
+    assert hits["obs.gaussian"] >= 950 and 150 < hits["obs.dropout"] < 250
+    assert len(switched[False]) >= 15 and np.all(switched[False] == [1.0, 2.0, 1.0])  # off: passed unchanged
+    assert len(switched[True]) >= 15 and np.all(switched[True] != [1.0, 2.0, 1.0])  # on again: noisy
 
 
 def test_closed_loop_holds_four_drones_clean_and_reports_injected_noise(tmp_path: Path) -> None:
@@ -128,13 +154,14 @@ def test_closed_loop_holds_four_drones_clean_and_reports_injected_noise(tmp_path
     assert json.loads((tmp_path / "clean" / "summary.json").read_text())["overall"] == clean["overall"]
     logs = {name: (tmp_path / "clean" / "logs" / f"{name}.log").read_text()[-3000:] for name in clean["processes"]}
     for name, ended in clean["processes"].items():
-        assert ended == {"returncode": 0, "stopped_by": "SIGINT"}, (name, ended, logs[name])
+        assert (ended["returncode"], ended["stopped_by"]) == (0, "SIGINT"), (name, ended, logs[name])
+        assert 0 < ended["cpu_percent"] < 100, (name, ended)
     assert clean["overall"]["robots"] == 4
     for robot, metrics in clean["robots"].items():
         assert metrics["tracking_error"]["max_m"] < 0.10, (robot, metrics["tracking_error"])
         assert metrics["tracking_error"]["samples"] > 280  # 10 s of 30 Hz ground truth
-        counters = metrics["diagnostics"]["counters"]  # failsafe only until every robot and goal is known
-        assert counters["entries_stale"] == 0 and counters["safe_commands"] <= 30, counters  # 1 s at 30 Hz
+        counters = metrics["diagnostics"]["counters"]  # safe commands only while starting (not failsafe entries)
+        assert metrics["diagnostics"]["failsafe_entries"] == 0 and counters["safe_commands"] <= 30, counters
     assert clean["overall"]["collisions"] == 0 and clean["overall"]["stale_reports"] == 0
     assert clean["overall"]["latency_ms"]["count"] > 4 * 30 * 10
     assert clean["perturbation_events"]["count"] == 0 and not clean["injection"]["odometry"]
@@ -144,9 +171,27 @@ def test_closed_loop_holds_four_drones_clean_and_reports_injected_noise(tmp_path
         ["bench", "ros", "--bundle", str(BUNDLE), "--scenario", "noise", "--duration", "5", "--out",
          str(tmp_path / "noise"), "--no-progress"],
     )  # fmt: skip
-    assert result.exit_code == 0 and "perturbation events" in result.output, result.output
+    assert result.exit_code == 0 and "perturbation hits" in result.output, result.output
     noisy = json.loads((tmp_path / "noise" / "summary.json").read_text())
     assert noisy["injection"]["odometry"] and noisy["perturbation_events"]["by_kind"]["obs.gaussian"] >= 4 * 30
     assert noisy["overall"]["latency_ms"]["count"] > 0
     with pytest.raises(FileExistsError, match="choose a new"):
         run_bench(BUNDLE, load_scenario("noise"), duration_s=5, out_dir=tmp_path / "noise", progress=False)
+
+
+def test_lock_step_bench_answers_every_state_and_holds_the_drones(tmp_path: Path) -> None:
+    """Lock-step mode: the bridge steps once every robot answered the last state, so every state gets a command."""
+    scenario = tmp_path / "lockstep.yaml"
+    scenario.write_text("name: lockstep\ndescription: clean, stepped by the policy's answers\nmode: lockstep\n")
+    summary = run_bench(
+        BUNDLE, load_scenario(scenario), duration_s=6, hold_after_s=3, out_dir=tmp_path / "run", progress=False
+    )
+    assert "lockstep" in (tmp_path / "run" / "logs" / "sim_bridge.log").read_text()
+    for name, ended in summary["processes"].items():
+        assert (ended["returncode"], ended["stopped_by"]) == (0, "SIGINT"), (name, ended)
+    steps = round(summary["simulated_s"] * 30)  # stamps are simulated time: 1/30 s per step
+    assert steps > 30 and summary["overall"]["latency_ms"]["count"] == 0  # no wall-clock latency in lock step
+    for robot, metrics in summary["robots"].items():
+        assert metrics["commands"]["answered"] >= 0.97 * steps, (robot, metrics["commands"], steps)
+        assert metrics["tracking_error"]["max_m"] < 0.10, (robot, metrics["tracking_error"])
+    assert summary["overall"]["failsafe_entries"] == 0 and summary["overall"]["collisions"] == 0

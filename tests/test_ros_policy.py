@@ -418,6 +418,49 @@ def test_policy_node_fails_safe_on_silence_and_nan_and_recovers(vel_bundle: Path
     assert int(recovered["safe_commands"]) >= 2
 
 
+def test_policy_node_flies_an_rpm_policy_with_labelled_motor_commands_and_hovers_on_silence(
+    tmp_path: Path, harness_factory
+) -> None:
+    """Motor policies over DDS: ``cmd_rpm`` equals ``OnnxPolicy``'s command; a silent robot gets hover RPM."""
+    from conftest import export_tiny_drone_bundle
+    from std_msgs.msg import Float32MultiArray
+
+    bundle = export_tiny_drone_bundle(tmp_path, num_drones=2, action_type="rpm")
+    h = harness_factory(2, bundle, targets=TARGETS.ravel().tolist(), stale_timeout_s=1.0)
+    rpm: dict[str, list[Float32MultiArray]] = {"cf1": [], "cf2": []}
+    for robot, received in rpm.items():
+        h.node.create_subscription(Float32MultiArray, f"/{robot}/cmd_rpm", received.append, QoSProfile(depth=500))
+    policy = OnnxPolicy(bundle)
+    hover = np.full(4, CF2X.hover_rpm)
+    t0 = h.now_ns()
+    states = [robot_state(30, t0), robot_state(31, t0)]
+    for robot, state in zip(("cf1", "cf2"), states, strict=True):
+        h.odom_publishers[robot].publish(h.odometry(robot, state))
+    assert h.spin_until(lambda: len(h.policy_node.controller.state.known.nonzero()[0]) == 2, 10.0)
+    h.spin_until(lambda: False, 0.15)  # the replies to these samples arrive (fresh robots get no watchdog command)
+    # the next cf2 sample, one period later, is answered by the policy (both robots known and fresh)
+    n, controller = len(rpm["cf2"]), h.policy_node.controller
+    last_action = controller.last_action.copy()  # what the robots received before: part of the observation
+    states[1] = robot_state(32, h.now_ns())  # due: more than a control period after the first sample
+    odometry = h.odometry("cf2", states[1])
+    deadline = time.monotonic() + 10
+    while len(rpm["cf2"]) == n and time.monotonic() < deadline:
+        h.odom_publishers["cf2"].publish(odometry)
+        h.spin_until(lambda: len(rpm["cf2"]) > n, 0.05)
+    msg = rpm["cf2"][n]
+    (dim,) = msg.layout.dim
+    assert (dim.label, dim.size) == ("m1,m2,m3,m4", 4)
+    obs = controller.observer.observe(controller.state, controller.targets, last_action)
+    expected = policy.command(obs[1:2], agent_ids=[1])[0]
+    got = np.frombuffer(msg.data, np.float32) if isinstance(msg.data, bytes) else np.asarray(msg.data, np.float32)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert not np.allclose(got, hover)
+    # silence: within the stale timeout (plus a few periods) both robots get hover RPM from the watchdog
+    n1 = len(rpm["cf1"])
+    assert h.spin_until(lambda: len(rpm["cf1"]) > n1, 5.0)
+    np.testing.assert_allclose(np.asarray(rpm["cf1"][-1].data, np.float32), hover, rtol=1e-6)
+
+
 def test_policy_node_refuses_a_bundle_that_differs_from_the_declared_setup(vel_bundle: Path) -> None:
     context = Context()
     rclpy.init(context=context, domain_id=DOMAIN_BASE + 2)

@@ -91,12 +91,15 @@ class ProcessExit:
         stopped_by: ``"exited"`` if it ended on its own (before ``stop()``), else the last signal sent to its
             group before it exited (``"SIGINT"``, ``"SIGTERM"`` or ``"SIGKILL"``).
         log_path: its combined stdout/stderr log.
+        cpu_percent: the group leader's CPU time (user + system) over its run time, in % of one core, read just
+            before ``stop()`` signalled it (None when it had already exited, or without Linux ``/proc``).
     """
 
     name: str
     returncode: int
     stopped_by: str
     log_path: Path
+    cpu_percent: float | None = None
 
 
 class DomainLease:
@@ -151,6 +154,17 @@ class _Running:
     popen: subprocess.Popen
     log_path: Path
     output_offset: int  # bytes of the launcher's header at the top of the log
+    started: float = field(default_factory=time.monotonic)
+    cpu_percent: float | None = None
+
+    def measure_cpu(self) -> None:
+        """Keep the leader's CPU use so far (``/proc/PID/stat`` utime + stime over the time since it started)."""
+        try:
+            fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return
+        cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        self.cpu_percent = round(100.0 * cpu_s / max(time.monotonic() - self.started, 1e-9), 1)
 
     def signal_group(self, sig: signal.Signals) -> None:
         try:
@@ -318,6 +332,8 @@ class BenchLauncher:
         for proc in list(self._running.values()):
             if proc.popen.poll() is not None:
                 self._record_exit(proc, "exited")
+            else:
+                proc.measure_cpu()
         pending = list(self._running.values())
         for sig, timeout_s in self._escalation:
             for proc in pending:
@@ -340,6 +356,6 @@ class BenchLauncher:
         """Book an exited leader and kill whatever is left of its process group."""
         proc.signal_group(signal.SIGKILL)
         name = proc.spec.name
-        self.exits[name] = ProcessExit(name, proc.popen.wait(), stopped_by, proc.log_path)
+        self.exits[name] = ProcessExit(name, proc.popen.wait(), stopped_by, proc.log_path, proc.cpu_percent)
         del self._running[name]
         return self.exits[name]

@@ -6,16 +6,18 @@ in the bag (ns) or a message's ``header.stamp``.
 Topic conventions (crazyswarm2 style, robot ``R`` such as ``cf1``; names configurable with :class:`BenchTopics`):
 ``/R/odom`` observations (``nav_msgs/Odometry``), ``/R/cmd_vel`` (``geometry_msgs/TwistStamped``) or ``/R/cmd_rpm``
 (``std_msgs/Float32MultiArray``) commands, ``/R/truth`` ground truth (``nav_msgs/Odometry`` or
-``geometry_msgs/PoseStamped``), ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``) and
-``/bench/perturbation_events`` (``std_msgs/String`` holding JSON). A robot is any namespace with an observation
+``geometry_msgs/PoseStamped``; the bench names the sim bridge's unperturbed odometry instead),
+``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``) and ``/bench/perturbation_events`` (``std_msgs/String``
+holding JSON). A robot is any namespace with an observation
 or command topic.
 
 Definitions:
 
 - **Latency** (ms): the policy node copies the stamp of the odometry that produced a command into the command's
   header. Latency = the command's receive time in the bag - its ``header.stamp``. Both are on the same host's wall
-  clock (the recorder's receive time is the middleware's, CLOCK_REALTIME; the stamping node must not use sim
-  time), so this is observation stamp -> command arrival, including every hop in between. Only the first command
+  clock (CLOCK_REALTIME; the stamping node must not use sim time), so this is observation stamp -> command
+  arrival, including every hop in between. The bench recorder's receive time is when its callback ran, at or
+  after the arrival: an upper bound that includes the recorder's queueing. Only the first command
   with a given stamp counts (later ones are ``repeated``, e.g. a command held by a failsafe); when the robot's
   observations are in the bag, a command whose stamp matches no observation (the watchdog's safe commands,
   stamped with the time they were sent) is ``unmatched`` and not a latency sample. Commands without a header
@@ -34,8 +36,10 @@ Definitions:
 - **Separation** (m): truth positions of different robots with the same ``header.stamp`` are compared; the
   minimum pairwise distance, and with ``collision_distance_m`` the number of collisions = times a pair comes
   closer than that distance (a pair that stays close counts once).
-- **Perturbation events**: messages on the events topic, and per ``"kind"`` field of their JSON (``"unknown"`` when
-  a message is not a JSON object with a kind).
+- **Perturbation events**: each message on the events topic holds one JSON record or a JSON list of them (the
+  perturbation node's reports); a record is an object with ``"kind"`` and ``"hits"`` (1 when absent). ``messages``
+  counts the messages, ``count`` the records, ``hits`` their hits and ``by_kind`` the hits per kind; a message that
+  is not JSON, or a record without a kind, counts one hit of kind ``"unknown"``.
 """
 
 from __future__ import annotations
@@ -87,13 +91,15 @@ class BagContents:
         topics: every topic's record.
         truth: robot -> ``header.stamp`` (ns) -> ground-truth position ``[3]`` (m).
         diagnostics: ``(robot, level, {key: value})`` per ``DiagnosticStatus``, in bag order.
-        perturbation_kinds: the ``"kind"`` of each perturbation event (None when it has none).
+        perturbation_messages: messages on the events topic.
+        perturbation_hits: ``(kind, hits)`` per event record (kind None when it has none).
     """
 
     topics: dict[str, TopicRecord] = field(default_factory=dict)
     truth: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
     diagnostics: list[tuple[str, int, dict[str, str]]] = field(default_factory=list)
-    perturbation_kinds: list[str | None] = field(default_factory=list)
+    perturbation_messages: int = 0
+    perturbation_hits: list[tuple[str | None, int]] = field(default_factory=list)
 
 
 def split_robot_topic(topic: str) -> tuple[str, str] | None:
@@ -108,13 +114,18 @@ def _position(msg: Any) -> np.ndarray:
     return np.array([pose.position.x, pose.position.y, pose.position.z], dtype=np.float64)
 
 
-def _event_kind(data: str) -> str | None:
-    """The ``"kind"`` of a perturbation event's JSON; None if it is not a JSON object with one."""
+def _event_hits(data: str) -> list[tuple[str | None, int]]:
+    """``(kind, hits)`` per record of a perturbation events message; ``[(None, 1)]`` if it is not JSON."""
     try:
-        event = json.loads(data)
+        records = json.loads(data)
     except json.JSONDecodeError:
-        return None
-    return event.get("kind") if isinstance(event, dict) else None
+        return [(None, 1)]
+    out = []
+    for record in records if isinstance(records, list) else [records]:
+        is_record = isinstance(record, dict)
+        kind = record.get("kind") if is_record else None
+        out.append((kind, int(record.get("hits", 1)) if is_record and kind is not None else 1))
+    return out
 
 
 def read_bag(bag_dir: str | Path, topics: BenchTopics | None = None) -> BagContents:
@@ -137,7 +148,8 @@ def read_bag(bag_dir: str | Path, topics: BenchTopics | None = None) -> BagConte
                     values = {kv.key: kv.value for kv in status.values}
                     contents.diagnostics.append((status.hardware_id or status.name, int(status.level), values))
             elif connection.topic == topics.perturbation_events:
-                contents.perturbation_kinds.append(_event_kind(msg.data))
+                contents.perturbation_messages += 1
+                contents.perturbation_hits += _event_hits(msg.data)
     return contents
 
 
@@ -343,13 +355,20 @@ def compute_metrics(
         "tracking_error_max_m": max(t["max_m"] for t in tracked) if tracked else None,
         **separation_stats(contents.truth, collision_distance_m),
     }
-    kinds = Counter(kind or "unknown" for kind in contents.perturbation_kinds)
+    kinds: Counter[str] = Counter()
+    for kind, hits in contents.perturbation_hits:
+        kinds[kind or "unknown"] += hits
     return {
         "bag": str(bag_dir),
         "overall": overall,
         "robots": robots,
         "topics": topic_summaries,
-        "perturbation_events": {"count": len(contents.perturbation_kinds), "by_kind": dict(kinds)},
+        "perturbation_events": {
+            "messages": contents.perturbation_messages,
+            "count": len(contents.perturbation_hits),
+            "hits": sum(kinds.values()),
+            "by_kind": dict(kinds),
+        },
     }
 
 

@@ -5,7 +5,8 @@ A scenario (YAML: ``name``, ``description``, ``perturbations`` (a perturbation s
 private ROS domain (:class:`~sim2real.bench.launcher.BenchLauncher`):
 
 - the recorder (every topic to ``OUT/bag``, rosbag2 MCAP);
-- the sim bridge (the bundle's env on PyBullet; ``dynamics.*`` kinds of the spec act there);
+- the sim bridge (the bundle's env on PyBullet; ``dynamics.*`` kinds of the spec act there; its odometry, before
+  any perturbation, is the ground truth of the tracking and separation metrics);
 - the perturbation node, when the spec has message kinds: odometry ``odom_raw -> odom`` and, for
   ``agents.*``/``action.*`` kinds, commands ``cmd_vel_raw -> cmd_vel``;
 - the policy node with the bundle;
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 from sim2real.bench.bridge import BridgeSim, split_spec
 from sim2real.bench.launcher import BenchLauncher, ProcessSpec
-from sim2real.bench.metrics import compute_metrics, read_bag
+from sim2real.bench.metrics import BenchTopics, compute_metrics, latency_stats, read_bag
 from sim2real.bench.plot import plot_tracking
 from sim2real.export import verify_bundle
 
@@ -126,7 +127,9 @@ def run_bench(
     ``OUT`` gets ``bag/`` (rosbag2 MCAP), ``logs/`` (one per process), ``params/``, ``summary.json`` and
     ``tracking.png`` (with matplotlib; its path is the summary's ``plot``).
     Tracking error is measured from the sim bridge's ground truth over the hold window: from ``hold_after_s``
-    after the flight started (default: its second half, as the simulation evaluation does) to the end.
+    after the flight started (default: its second half, as the simulation evaluation does) to the end. In
+    lock-step mode (``scenario.mode``) the stamps are simulated time: ``hold_after_s`` counts simulated seconds,
+    the summary adds ``simulated_s`` and has no latency (a simulated stamp against a wall-clock arrival).
     ``rate_hz`` runs the sim bridge and the policy node at another rate than the trained one (latency
     benchmarks).
     """
@@ -139,6 +142,7 @@ def run_bench(
     robots = [f"cf{i + 1}" for i in range(n)]
     dynamics, messages = split_spec(scenario.perturbations)
     hop, command_hop = messages is not None, _uses_commands(messages)
+    lockstep = scenario.mode == "lockstep"
     command = "cmd_vel" if contract["action_type"] == "vel" else "cmd_rpm"
     if command_hop and command != "cmd_vel":
         raise ScenarioError(f"scenario {scenario.name}: command perturbations need a velocity policy")
@@ -161,7 +165,7 @@ def run_bench(
                 "state_topic": "odom_raw" if hop else "odom",
                 "dynamics": json.dumps(dynamics) if dynamics else "",
                 "rate_hz": float(rate_hz or 0.0),
-                "wait_for_recorder": True,
+                "min_state_subscribers": 2,  # its consumer and the recorder
             },
             out_dir,
         ),
@@ -190,6 +194,7 @@ def run_bench(
                 "bundle": str(bundle),
                 "robots": robots,
                 "command_topic": f"{command}_raw" if command_hop else command,
+                "use_sim_time": lockstep,  # lock step stamps with the simulated time
                 **({"rate_hz": float(rate_hz)} if rate_hz else {}),
             },
             out_dir,
@@ -208,12 +213,22 @@ def run_bench(
         for _ in tqdm(range(steps), desc=f"bench {scenario.name}", unit="s", unit_scale=0.1, disable=not progress):
             bench.run_for(duration_s / steps)
         domain_id = bench.domain_id
-    exits = {name: {"returncode": e.returncode, "stopped_by": e.stopped_by} for name, e in bench.exits.items()}
-    hold_after_s = (1.0 - HOLD_FRACTION) * duration_s if hold_after_s is None else hold_after_s
+    exits = {
+        name: {"returncode": e.returncode, "stopped_by": e.stopped_by, "cpu_percent": e.cpu_percent}
+        for name, e in bench.exits.items()
+    }
+    topics = BenchTopics(truth="odom_raw" if hop else "odom")  # the bridge's unperturbed odometry
+    contents = read_bag(out_dir / "bag", topics)
+    if lockstep:  # stamps are simulated time from 0: the flight's length is what was simulated
+        flight_start_ns = 0
+        flown_s = max((max(t) for t in contents.truth.values() if t), default=0) / 1e9
+    else:
+        flown_s = duration_s
+    hold_after_s = (1.0 - HOLD_FRACTION) * flown_s if hold_after_s is None else hold_after_s
     hold_from_ns = flight_start_ns + int(hold_after_s * 1e9)
-    contents = read_bag(out_dir / "bag")
     summary = compute_metrics(
         out_dir / "bag",
+        topics=topics,
         contents=contents,
         nominal_rates={"/*/odom": float(rate_hz or contract["ctrl_freq_hz"])},
         targets=targets,
@@ -230,6 +245,11 @@ def run_bench(
         processes=exits,
         injection={"odometry": hop, "commands": command_hop, "dynamics_in_sim": dynamics},
     )
+    if lockstep:  # a simulated-time stamp against a wall-clock receive time is no latency
+        summary["simulated_s"] = round(flown_s, 3)
+        summary["overall"]["latency_ms"] = latency_stats([])
+        for robot in summary["robots"].values():
+            robot["latency_ms"] = latency_stats([])
     title = f"bench {scenario.name}: {scenario.description or 'no perturbation'}"
     plot = plot_tracking(
         contents, targets, out_dir / "tracking.png", start_ns=flight_start_ns, hold_from_ns=hold_from_ns, title=title

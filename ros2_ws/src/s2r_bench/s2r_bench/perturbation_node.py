@@ -12,9 +12,12 @@ policy's action units (``command = offset + scale * action`` from the bundle's c
 forwarded; a delayed one carries its original payload under the newest header. ``dynamics.*`` kinds act in
 the simulator and are rejected here.
 
-Ground truth: every perturbation hit is published on ``/bench/perturbation_events`` (``std_msgs/String``,
-JSON ``{robot, stream, kind, name, hits, mean_magnitude}``, the mean over the hits so far). The service
-``~/set_enabled`` (``std_srvs/SetBool``) switches all perturbations on or off at run time.
+Ground truth: every ``events_period_s`` (default 0.1 s) the hits since the last report go out on
+``/bench/perturbation_events`` (``std_msgs/String``): a JSON list of ``{robot, stream, kind, name, hits,
+mean_magnitude}``, one record per robot, stream and perturbation that hit (``mean_magnitude`` is the mean over
+all its hits so far); nothing is sent when nothing hit. One message per period instead of one per hit keeps the
+node and the recorder off the control path's CPU. Hits after the last report before shutdown are not sent.
+The service ``~/set_enabled`` (``std_srvs/SetBool``) switches all perturbations on or off at run time.
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ from sim2real.perturb.stream import StreamPerturber
 NODE_NAME = "perturbation_node"
 ODOMETRY_LAYOUT = {"position": 3, "attitude": 4, "velocity": 3, "gyro": 3}
 EVENTS_TOPIC = "/bench/perturbation_events"
-EVENTS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
-"""Ground truth is not to be lost: reliable, with room for a burst (one event per hit and message)."""
+EVENTS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+"""Ground truth is not to be lost: reliable, with room for a burst of reports."""
 
 
 def state_vector(state: RobotState) -> np.ndarray:
@@ -96,6 +99,7 @@ class PerturbationNode(Node):
         ]
         self.kinds = {p.name: p.kind for p in self.perturbers[0].pipeline.items}
         self.counts: list[dict[str, int]] = [{} for _ in range(n)]
+        self.pending: dict[tuple[int, str, str], int] = {}  # (agent, stream, name) -> hits since the last report
         self.state_publishers, self.command_publishers = [], []
         for agent, robot in enumerate(self.robots):
             self.create_subscription(Odometry, f"{robot}/{state_in}", partial(self._on_state, agent), SENSOR)
@@ -106,6 +110,10 @@ class PerturbationNode(Node):
                 )
                 self.command_publishers.append(self.create_publisher(TwistStamped, f"{robot}/{command_out}", COMMAND))
         self.events_publisher = self.create_publisher(String, EVENTS_TOPIC, EVENTS)
+        events_period_s = self.declare_parameter("events_period_s", 0.1).value
+        if events_period_s <= 0:
+            raise ValueError(f"parameter 'events_period_s' must be > 0 s, got {events_period_s}")
+        self.create_timer(events_period_s, self._publish_events)
         self.create_service(SetBool, "~/set_enabled", self._on_set_enabled)
         explained = "; ".join(self.perturbers[0].pipeline.explain()) or "nothing (pass-through)"
         self.get_logger().info(f"{', '.join(self.robots)}: {state_in} -> {state_out}: {explained}")
@@ -130,20 +138,31 @@ class PerturbationNode(Node):
         self.command_publishers[agent].publish(msg)
 
     def _report(self, agent: int, stream: str) -> None:
-        """Publish the hits the last message added to robot ``agent``'s event log."""
+        """Add the hits the last message added to robot ``agent``'s event log to the next report."""
         for name, count in self.perturbers[agent].log.counts().items():
             hits = count["events"] - self.counts[agent].get(name, 0)
             if hits > 0:
                 self.counts[agent][name] = count["events"]
-                event = {
-                    "robot": self.robots[agent],
-                    "stream": stream,
-                    "kind": self.kinds[name],
-                    "name": name,
-                    "hits": hits,
-                    "mean_magnitude": count["mean_magnitude"],
-                }
-                self.events_publisher.publish(String(data=json.dumps(event)))
+                key = (agent, stream, name)
+                self.pending[key] = self.pending.get(key, 0) + hits
+
+    def _publish_events(self) -> None:
+        """Publish the pending hits as one JSON list (nothing when there are none)."""
+        if not self.pending:
+            return
+        records = [
+            {
+                "robot": self.robots[agent],
+                "stream": stream,
+                "kind": self.kinds[name],
+                "name": name,
+                "hits": hits,
+                "mean_magnitude": self.perturbers[agent].log.counts()[name]["mean_magnitude"],
+            }
+            for (agent, stream, name), hits in self.pending.items()
+        ]
+        self.pending = {}
+        self.events_publisher.publish(String(data=json.dumps(records)))
 
     def _on_set_enabled(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         for perturber in self.perturbers:

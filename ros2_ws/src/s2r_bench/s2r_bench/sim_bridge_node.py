@@ -4,22 +4,27 @@ Per robot ``R`` of ``robots`` (``cf1``..``cfN`` by default):
 
 - publishes ``R/<state_topic>`` (``nav_msgs/Odometry``, best effort depth 1, REP 105: pose in ``world``,
   twist in the body frame; ``state_topic`` is ``odom``, or ``odom_raw`` when a perturbation node sits
-  between the bridge and the policy), stamped with the node's (system) clock at the step;
-- publishes ``R/truth`` (the same, unperturbed, for the bench's metrics) and ``R/goal``
-  (``geometry_msgs/PoseStamped``, the robot's target; reliable, at ``goal_rate_hz`` and on change);
+  between the bridge and the policy), stamped at the step (see the modes below). The bridge adds no
+  sensor noise, so this is also the ground truth the bench's metrics use;
+- publishes ``R/goal`` (``geometry_msgs/PoseStamped``, the robot's target; reliable, at ``goal_rate_hz`` and
+  on change);
 - subscribes ``R/cmd_vel`` (``geometry_msgs/TwistStamped``, world-frame m/s) for velocity policies or
   ``R/cmd_rpm`` (``std_msgs/Float32MultiArray``, RPM) for motor policies, reliable depth 1.
 
 plus ``/clock`` (``rosgraph_msgs/Clock``, simulated time). The physics is :class:`sim2real.bench.bridge.BridgeSim`
 (PyBullet by default; ``dynamics`` takes a ``dynamics.*`` perturbation spec as JSON; ``rate_hz`` > 0 steps
 at another rate than the trained one). ``mode: realtime``
-steps on a wall-clock timer at the env's control rate; ``mode: lockstep`` steps as soon as every robot has
-answered the last odometry (its command carries that stamp), or after ``lockstep_timeout_s``.
+steps on a wall-clock timer at the env's control rate and stamps with the node's (system) clock;
+``mode: lockstep`` stamps with the simulated time and steps as soon as every robot has answered the last odometry
+(its command carries that stamp), or after ``lockstep_timeout_s`` of wall clock. In lock step the nodes that
+read the stamps (the policy node) must run on simulated time (``use_sim_time: true``, from ``/clock``, which
+goes out before the states it belongs to); commands are still timed out on the wall clock.
 
 Start-up: with ``hold_until_connected`` (default true) the simulation stands still, the robots held at their
-initial states (published at the control rate, so nothing goes stale), until every robot's state and goal
-topics have a matched subscriber and its command topic a matched publisher (with ``wait_for_recorder``, its
-``truth`` topic a subscriber too), or ``connect_timeout_s`` has passed (then it warns what is missing). It logs
+initial states (published at the control rate, so nothing goes stale), until every robot's state topic has
+``min_state_subscribers`` matched subscribers (default 1: the policy or the perturbation node; the bench adds
+its recorder), its goal topic a subscriber and its command topic a publisher, or ``connect_timeout_s`` has
+passed (then it warns what is missing). It logs
 ``flying`` when the simulation starts: a bench measures from there, and its recording misses nothing.
 """
 
@@ -86,10 +91,9 @@ class SimBridgeNode(Node):
         command_topic = self.declare_parameter("command_topic", "cmd_vel" if vel else "cmd_rpm").value
         command_type = TwistStamped if vel else Float32MultiArray
 
-        self.state_publishers, self.truth_publishers, self.goal_publishers, subscriptions = [], [], [], []
+        self.state_publishers, self.goal_publishers, subscriptions = [], [], []
         for agent, robot in enumerate(self.robots):
             self.state_publishers.append(self.create_publisher(Odometry, f"{robot}/{state_topic}", SENSOR))
-            self.truth_publishers.append(self.create_publisher(Odometry, f"{robot}/truth", SENSOR))
             self.goal_publishers.append(self.create_publisher(PoseStamped, f"{robot}/goal", COMMAND))
             on_command = partial(self._on_command, agent)
             command = self.create_subscription(command_type, f"{robot}/{command_topic}", on_command, COMMAND)
@@ -104,7 +108,7 @@ class SimBridgeNode(Node):
         self.last_goal_ns = 0
         self.command_subscriptions = subscriptions
         self.flying = not self.declare_parameter("hold_until_connected", True).value
-        self.wait_for_recorder = self.declare_parameter("wait_for_recorder", False).value
+        self.min_state_subscribers = self.declare_parameter("min_state_subscribers", 1).value
         self.connect_deadline_ns = self._now_ns() + int(self.declare_parameter("connect_timeout_s", 30.0).value * 1e9)
         period = 1.0 / self.sim.ctrl_freq
         self.create_timer(period if self.mode == "realtime" else period / 4, self._on_timer)
@@ -141,10 +145,9 @@ class SimBridgeNode(Node):
 
     def _unconnected(self) -> list[str]:
         """The topics the flight waits for that have no matched peer yet."""
-        publishers = self.state_publishers + self.goal_publishers
-        if self.wait_for_recorder:
-            publishers = publishers + self.truth_publishers
-        waiting = [p.topic_name for p in publishers if not p.get_subscription_count()]
+        needed = self.min_state_subscribers
+        waiting = [p.topic_name for p in self.state_publishers if p.get_subscription_count() < needed]
+        waiting += [p.topic_name for p in self.goal_publishers if not p.get_subscription_count()]
         return waiting + [s.topic_name for s in self.command_subscriptions if not s.get_publisher_count()]
 
     def _hold(self, now: int) -> None:
@@ -166,26 +169,27 @@ class SimBridgeNode(Node):
         self._publish_states(now)
 
     def _publish_states(self, now: int) -> None:
-        self.last_stamp_ns = now
-        for agent, state in enumerate(self.sim.states(now)):
+        """Publish ``/clock``, every robot's state and (every goal period or on change) the goals."""
+        sim_ns = round(self.sim.time_s * 1e9)
+        stamp = self.last_stamp_ns = sim_ns if self.mode == "lockstep" else now
+        clock = Clock()
+        fill_stamp(clock.clock, sim_ns)
+        self.clock_publisher.publish(clock)
+        for agent, state in enumerate(self.sim.states(stamp)):
             msg = Odometry()
             msg.header.frame_id, msg.child_frame_id = self.world_frame, f"{self.robots[agent]}/base_link"
             fill_odometry(msg, state)
             self.state_publishers[agent].publish(msg)
-            self.truth_publishers[agent].publish(msg)
         goals = self.sim.targets()
         if now - self.last_goal_ns >= self.goal_period_ns or not np.allclose(goals, self.goals):
             self.goals, self.last_goal_ns = goals, now
             for agent, goal in enumerate(goals):
                 msg = PoseStamped()
                 msg.header.frame_id = self.world_frame
-                fill_stamp(msg.header.stamp, now)
+                fill_stamp(msg.header.stamp, stamp)
                 msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in goal)
                 msg.pose.orientation.w = 1.0
                 self.goal_publishers[agent].publish(msg)
-        clock = Clock()
-        fill_stamp(clock.clock, int(self.sim.time_s * 1e9))
-        self.clock_publisher.publish(clock)
 
     def destroy_node(self) -> None:
         self.sim.close()

@@ -15,11 +15,16 @@ Per robot ``R`` in the ``robots`` parameter (crazyswarm2-style names, relative t
 and publishes one ``diagnostic_msgs/DiagnosticStatus`` per robot on ``/diagnostics`` (hardware_id = robot).
 Control is event-driven on odometry arrival, decimated to the policy's control rate; the failsafe, clamp and
 rate limit are ``sim2real.deploy`` (see ``SwarmController``). Parameters: ``config/policy.yaml``.
+
+Failsafe changes are logged at most once per ``log_period_s`` (default 1 s) per robot, with the number of
+changes not logged since: an rclpy log call costs about a millisecond, and a flapping input must not slow the
+control loop down. The diagnostics count every change.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,7 +42,7 @@ from s2r_ros.executor import run_node
 from s2r_ros.qos import COMMAND, DIAGNOSTICS, SENSOR
 from sim2real.deploy import AgentCommand, SwarmController
 from sim2real.deploy.codecs import TWIST_FRAMES, fill_stamp, fill_twist_stamped, read_odometry, read_position
-from sim2real.deploy.failsafe import STARTUP_FAULTS
+from sim2real.deploy.failsafe import STARTUP_FAULTS, GuardedCommand
 from sim2real.export import OnnxPolicy, verify_bundle
 from sim2real.export.bundle import POLICY_FILE
 
@@ -96,6 +101,9 @@ class PolicyNode(Node):
             self.get_logger().warning(f"control rate {rate_hz} Hz differs from the trained {trained_hz:g} Hz")
 
         self.robots = list(robots)
+        self.log_period_s = self.declare_parameter("log_period_s", 1.0).value
+        self.last_log_s = np.full(num_agents, -np.inf)
+        self.unlogged = np.zeros(num_agents, dtype=np.int64)
         self.spec = self.controller.spec
         state_topic = self.declare_parameter("state_topic", "odom").value
         goal_topic = self.declare_parameter("goal_topic", "goal").value
@@ -141,24 +149,33 @@ class PolicyNode(Node):
             self._publish(out)
 
     def _publish(self, out: AgentCommand) -> None:
-        guarded, robot = out.guarded, self.robots[out.agent]
+        guarded = out.guarded
         if guarded.changed:
-            if guarded.starting and guarded.fault in STARTUP_FAULTS:
-                self.get_logger().info(f"{robot}: starting, waiting for {STARTUP_FAULTS[guarded.fault]}")
-            elif guarded.previous_fault is None:
-                self.get_logger().warning(
-                    f"{robot}: failsafe ({guarded.fault}), sending the safe command {guarded.command.tolist()} "
-                    f"{self.spec.unit}"
-                )
-            elif guarded.fault is None:
-                self.get_logger().info(f"{robot}: failsafe left ({guarded.previous_fault}), policy in control")
-            else:
-                self.get_logger().warning(f"{robot}: failsafe {guarded.previous_fault} -> {guarded.fault}")
+            self._log_change(out.agent, guarded)
         if self.spec.action_type == "vel":
             msg = velocity_message(guarded.command, out.stamp_ns, self.world_frame)
         else:
             msg = rpm_message(guarded.command, self.spec.names)
         self.command_publishers[out.agent].publish(msg)
+
+    def _log_change(self, agent: int, guarded: GuardedCommand) -> None:
+        """Log a failsafe change of robot ``agent``, unless one was logged less than ``log_period_s`` ago."""
+        now = time.monotonic()
+        if now - self.last_log_s[agent] < self.log_period_s:
+            self.unlogged[agent] += 1
+            return
+        robot, logger = self.robots[agent], self.get_logger()
+        since = f" ({self.unlogged[agent]} more changes since the last message)" if self.unlogged[agent] else ""
+        self.last_log_s[agent], self.unlogged[agent] = now, 0
+        if guarded.starting and guarded.fault in STARTUP_FAULTS:
+            logger.info(f"{robot}: starting, waiting for {STARTUP_FAULTS[guarded.fault]}{since}")
+        elif guarded.previous_fault is None:
+            command = f"{guarded.command.tolist()} {self.spec.unit}"
+            logger.warning(f"{robot}: failsafe ({guarded.fault}), sending the safe command {command}{since}")
+        elif guarded.fault is None:
+            logger.info(f"{robot}: failsafe left ({guarded.previous_fault}), policy in control{since}")
+        else:
+            logger.warning(f"{robot}: failsafe {guarded.previous_fault} -> {guarded.fault}{since}")
 
     def _on_diagnostics(self) -> None:
         now = self._now_ns()
