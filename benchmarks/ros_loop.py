@@ -70,6 +70,7 @@ def latency_entry(summary: dict[str, Any], rate_hz: float) -> dict[str, Any]:
         "command_rate_hz": float(np.mean(rates)),
         "rate_fraction": float(np.mean(rates)) / rate_hz,
         "odom_drops": summary["overall"]["drops"],
+        "cpu_percent": {name: p["cpu_percent"] for name, p in summary["processes"].items()},
     }
 
 
