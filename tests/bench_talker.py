@@ -48,7 +48,7 @@ def main() -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
-        if rclpy.ok():  # else spin raced with the signal's shutdown (see s2r_bench.recorder_node.main)
+        if rclpy.ok():  # else spin raced with the signal's shutdown (see s2r_ros.executor.spin_until_shutdown)
             raise
     finally:
         node.destroy_node()

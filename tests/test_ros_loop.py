@@ -155,7 +155,7 @@ def test_closed_loop_holds_four_drones_clean_and_reports_injected_noise(tmp_path
     logs = {name: (tmp_path / "clean" / "logs" / f"{name}.log").read_text()[-3000:] for name in clean["processes"]}
     for name, ended in clean["processes"].items():
         assert (ended["returncode"], ended["stopped_by"]) == (0, "SIGINT"), (name, ended, logs[name])
-        assert 0 < ended["cpu_percent"] < 100, (name, ended)
+        assert ended["cpu_percent"] > 0, (name, ended)  # measured while it ran
     assert clean["overall"]["robots"] == 4
     for robot, metrics in clean["robots"].items():
         assert metrics["tracking_error"]["max_m"] < 0.10, (robot, metrics["tracking_error"])

@@ -32,18 +32,18 @@ from __future__ import annotations
 import importlib
 import re
 import signal
+import sys
 import time
 from pathlib import Path
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.subscription import Subscription
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, TypesysError, get_typestore
-from s2r_ros.executor import make_executor, spin_until_shutdown
+from s2r_ros.executor import run_node
 
 BAG_VERSION = 9
 
@@ -67,7 +67,7 @@ def recording_qos(publisher_qos: list[QoSProfile], depth: int) -> QoSProfile:
 
 
 class RecorderNode(Node):
-    """Raw subscriptions to the wanted topics, written to one rosbag2 MCAP bag; call ``close()`` at the end."""
+    """Raw subscriptions to the wanted topics, written to one rosbag2 MCAP bag, closed by ``destroy_node()``."""
 
     def __init__(self) -> None:
         super().__init__("recorder")
@@ -130,6 +130,14 @@ class RecorderNode(Node):
         self._recording[topic] = self.create_subscription(msg_class, topic, on_message, qos, raw=True)
         self.get_logger().info(f"recording {topic} [{msgtype}] {qos.reliability.name} {qos.durability.name}")
 
+    def destroy_node(self) -> None:
+        """Close the bag (footer and ``metadata.yaml``), ignoring further SIGINT/SIGTERM meanwhile, then the node."""
+        # a second signal (the launcher escalating) must not cut the bag's footer short; SIGKILL still can
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self.close()
+        super().destroy_node()
+
     def close(self) -> None:
         """Write the bag's footer and ``metadata.yaml``; no message is recorded afterwards."""
         for subscription in self._recording.values():
@@ -140,26 +148,10 @@ class RecorderNode(Node):
         rclpy.logging.get_logger("s2r_bench.recorder").info(f"closed {self._output_dir}: {self.message_count} messages")
 
 
-def main(args: list[str] | None = None) -> None:
-    """Record until SIGINT or SIGTERM, then close the bag."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = RecorderNode()
-        executor = make_executor(node.context)
-        executor.add_node(node)
-        spin_until_shutdown(executor, node.context)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        # a second signal (the launcher escalating) must not cut the bag's footer short; SIGKILL still can
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
+def main(args: list[str] | None = None) -> int:
+    """Record until SIGINT or SIGTERM, then close the bag (exit 0); 1 when the parameters are rejected."""
+    return run_node(RecorderNode, "recorder", args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
