@@ -157,7 +157,7 @@ class SimBridgeNode(Node):
             self._publish_states(now)
             return
         if waiting:
-            self.get_logger().warning(f"starting although nothing is connected to: {', '.join(waiting)}")
+            self.get_logger().warning(f"starting although these topics have no peer yet: {', '.join(waiting)}")
         self.flying, self.last_goal_ns = True, 0  # the goals go out again with the first flying state
         self.get_logger().info("flying: every robot's topics are connected" if not waiting else "flying")
         self._step(now)
