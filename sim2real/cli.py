@@ -67,6 +67,7 @@ def demo_command(
     from sim2real.bench.launcher import ProcessDiedError
     from sim2real.bench.run import ScenarioError
     from sim2real.demo import DemoError, run_demo
+    from sim2real.export.exporter import ExportError
     from sim2real.train import RunError
 
     try:
@@ -83,7 +84,7 @@ def demo_command(
         )
     except ScenarioError as err:
         raise typer.BadParameter(str(err), param_hint="--scenario") from err
-    except (DemoError, RunError) as err:
+    except (DemoError, RunError, ExportError) as err:
         typer.echo(f"demo stopped: {err}", err=True)
         raise typer.Exit(2) from err
     except ProcessDiedError as err:
@@ -443,12 +444,17 @@ def _bench_lines(summary: dict) -> str:
     """The human summary of a bench run."""
     o = summary["overall"]
     lat = o["latency_ms"]
-    latency = f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} ms" if lat["count"] else "no commands"
+    if "simulated_s" in summary:  # lock step: simulated-time stamps give no wall-clock latency
+        latency = f"n/a in lock step ({summary['simulated_s']:.1f} s simulated)"
+    elif lat["count"]:
+        latency = f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} ms ({lat['count']} commands)"
+    else:
+        latency = "no commands"
     tracking = o["tracking_error_mean_m"]
     return "\n".join(
         [
             f"scenario {summary['scenario']['name']}: {summary['scenario']['description'] or 'no perturbation'}",
-            f"  observation-to-command latency p50 / p99: {latency} ({lat['count']} commands)",
+            f"  observation-to-command latency p50 / p99: {latency}",
             f"  tracking error (hold window): {'n/a' if tracking is None else f'{tracking:.3f} m'}; "
             f"min separation {o.get('min_separation_m') or float('nan'):.3f} m, collisions {o.get('collisions')}",
             f"  failsafe entries {o['failsafe_entries']}, stale reports {o['stale_reports']}, drops {o['drops']}, "
