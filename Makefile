@@ -36,6 +36,7 @@ bench: setup
 bench-train: setup
 	$(BIN)/python benchmarks/train_drones.py --task hover1 --out benchmarks/results/train_hover1.json
 	$(BIN)/python benchmarks/train_drones.py --task hover4 --out benchmarks/results/train_hover4.json
+	$(BIN)/python benchmarks/train_drones.py --task hover4-random --out benchmarks/results/train_hover4_random.json
 	$(BIN)/python benchmarks/train_drones.py --task nav4 --out benchmarks/results/train_nav4.json
 
 # Robustness of six training methods x 3 seeds on 4-drone hover, standard suite on PyBullet (two workers).

@@ -10,6 +10,7 @@ from pettingzoo.test import parallel_api_test
 
 from sim2real.envs import env_names, make, make_parallel
 from sim2real.envs.drones import CF2X
+from sim2real.envs.drones.tasks import pairwise_optimal_assignment, squared_distances
 
 TASKS = ["drone-hover", "drone-formation", "drone-navigation"]
 
@@ -184,21 +185,60 @@ def test_navigation_reports_coverage() -> None:
     assert obs.shape[-1] == env.obs_dim and np.allclose(obs[0, :, env.obs_field("rel_goals")][:, :3], 0, atol=0.02)
 
 
-def test_navigation_targets_come_from_a_greedy_goal_matching() -> None:
+def test_pairwise_optimal_assignment_admits_no_improving_swap() -> None:
+    rng = np.random.default_rng(0)
+    cost = squared_distances(rng.random((500, 4, 3)), rng.random((500, 4, 3)))
+    goal = pairwise_optimal_assignment(cost)
+    assert np.all(np.sort(goal, axis=1) == np.arange(4))  # a permutation in every env
+    total = np.take_along_axis(cost, goal[..., None], axis=2).sum(axis=(1, 2))
+    for i, j in itertools.combinations(range(4), 2):
+        swapped = goal.copy()
+        swapped[:, [i, j]] = swapped[:, [j, i]]
+        assert np.all(np.take_along_axis(cost, swapped[..., None], axis=2).sum(axis=(1, 2)) >= total - 1e-12)
+    optimum = np.min([cost[:, np.arange(4), list(p)].sum(axis=1) for p in itertools.permutations(range(4))], axis=0)
+    assert np.all(total <= cost[:, np.arange(4), np.arange(4)].sum(axis=1) + 1e-12)  # never worse than the start
+    assert np.mean(np.isclose(total, optimum)) > 0.9  # a local optimum that is mostly the global one
+
+
+@pytest.mark.parametrize("assignment", ["capt", "random"])
+def test_hover_assignment_decides_whether_spawn_to_target_paths_may_improve_by_a_swap(assignment: str) -> None:
+    env = make("drone-hover", num_envs=256, num_drones=4, seed=0, assignment=assignment)
+    env.reset()
+    cost = squared_distances(env.sim.pos, env.task.targets)
+    own = np.diagonal(cost, axis1=1, axis2=2)
+    gain = own[:, :, None] + own[:, None, :] - cost - np.swapaxes(cost, 1, 2)  # what swapping i and j saves
+    improvable = np.mean(np.any(gain.reshape(256, -1) > 1e-12, axis=1))
+    if assignment == "capt":
+        assert improvable == 0.0
+    else:
+        assert improvable > 0.5  # random orders are mostly improvable, so the paths often cross
+    env.close()
+    with pytest.raises(ValueError, match="assignment must be one of"):
+        make("drone-hover", num_envs=1, assignment="nearest")
+
+
+def test_navigation_targets_come_from_a_pairwise_optimal_goal_matching() -> None:
     env = make("drone-navigation", num_envs=1, num_drones=3, seed=0)
     env.reset()
-    goals = env.task.targets[0].copy()
-    # drones 0 and 1 both sit near goal 0 (drone 1 closer); drone 2 sits near goal 2
-    pos = np.stack([goals[0] + [0.12, 0, 0], goals[0] + [0.05, 0, 0], goals[2] + [0, 0.02, 0]])[None]
+    goals = np.array([[[0.0, 0.0, 1.0], [1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]])
+    env.task.targets = goals.copy()
+    # drone 1 sits closest to goal 0, drone 0 next to it; drone 2 sits near goal 2
+    pos = np.array([[[0.3, 0.0, 1.0], [0.05, 0.0, 1.0], [0.0, 1.02, 1.0]]])
     env.sim.set_state(None, pos, np.tile([0, 0, 0, 1.0], (1, 3, 1)), rpm=np.full((1, 3, 4), CF2X.hover_rpm))
     goal, dist = env.task.matching(pos, np.ones((1, 3), bool))
-    assert goal[0].tolist() == [1, 0, 2]  # the crowding drone 0 is sent to the goal left over
-    np.testing.assert_allclose(dist[0, 1:], [0.05, 0.02], atol=1e-9)
+    assert goal[0].tolist() == [1, 0, 2]  # 0.7^2 + 0.05^2 < 0.3^2 + 0.95^2: drone 0 takes the goal left over
+    np.testing.assert_allclose(dist[0], [0.7, 0.05, 0.02], atol=1e-9)
     obs = env.observe()
-    np.testing.assert_allclose(obs[0, 0, env.obs_field("rel_target")], goals[1] - pos[0, 0], atol=1e-6)
+    np.testing.assert_allclose(obs[0, 0, env.obs_field("rel_target")], goals[0, 1] - pos[0, 0], atol=1e-6)
     # a crashed drone claims no goal: drone 1 down, drone 0 takes goal 0 back
     goal, dist = env.task.matching(pos, np.array([[True, False, True]]))
     assert goal[0].tolist() == [0, -1, 2] and np.isinf(dist[0, 1])
+    # where the closest pair first would cross paths, the matching does not: drone 1 (x = 1) is the closest
+    # to goal 0 (x = 0.55), but then drone 0 (x = 0) would fly past it to goal 1 (x = 1.5)
+    env.task.targets = np.array([[[0.55, 0.0, 1.0], [1.5, 0.0, 1.0], [0.0, 1.0, 1.0]]])
+    pos = np.array([[[0.0, 0.0, 1.0], [1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]])
+    goal, _ = env.task.matching(pos, np.ones((1, 3), bool))
+    assert goal[0].tolist() == [0, 1, 2]
     env.close()
 
 

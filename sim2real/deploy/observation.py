@@ -31,9 +31,9 @@ class SwarmObserver:
 
     Targets are static world-frame positions ``[N, 3]`` [m] (target velocity zero). For ``drone-hover`` and
     ``drone-formation`` policies robot ``i`` flies to ``targets[i]``; for ``drone-navigation`` policies the
-    targets are the swarm's goals and, as in the simulator, each robot's target is the goal a greedy matching
-    gives it, and every goal is observed (field ``rel_goals``). A formation policy sees its reference as
-    static: moving references are not supported on robots yet.
+    targets are the swarm's goals and, as in the simulator, each robot's target is the goal the task's
+    matching (``NavigationTask.matching``) gives it, and every goal is observed (field ``rel_goals``). A
+    formation policy sees its reference as static: moving references are not supported on robots yet.
 
     A robot that has not reported yet is placed at its target, at rest, for its neighbours' observations.
     Missing targets are NaN, so observations that use them are not finite (and the failsafe holds them).

@@ -271,7 +271,7 @@ class DroneSwarmEnv:
         rpy[..., 2] = yaw
         hover = np.full((len(env_ids), self.num_agents, 4), self.model.hover_rpm)
         self.sim.set_state(env_ids, pos, rpy_to_quat(rpy), rpm=hover)
-        self.task.reset(self.rng, env_ids)
+        self.task.reset(self.rng, env_ids, pos)
         self.pid.reset(env_ids)
         self.steps[env_ids] = 0
         self.active[env_ids] = True

@@ -45,6 +45,42 @@ def height_range(name: str, value: object) -> tuple[float, float]:
     return low, high
 
 
+def pairwise_optimal_assignment(cost: np.ndarray) -> np.ndarray:
+    """Goal of each drone ``[E, N]`` such that no swap of two drones' goals lowers the total cost.
+
+    Args:
+        cost: ``cost[e, i, g]``, the cost of drone ``i`` taking goal ``g`` in env ``e``, ``[E, N, N]``; the tasks
+            use squared distances [m^2].
+
+    Starting from drone ``i`` -> goal ``i``, each env makes the swap that lowers its total cost most until
+    none does (each swap strictly lowers the total, so this ends). With squared start-goal distances as the
+    cost, the result meets the pairwise condition that the collision-avoidance proof of CAPT (Turpin, Michael
+    & Kumar, "CAPT: Concurrent assignment and planning of trajectories for multiple robots", IJRR 2014)
+    rests on: synchronised straight-line flights from starts to goals that are all more than 2 sqrt(2) R
+    apart keep drones of radius R apart. It is a local optimum, not always the cheapest assignment.
+    """
+    e, n = cost.shape[:2]
+    goal = np.tile(np.arange(n), (e, 1))
+    envs = np.arange(e)  # the envs that swapped last round (only they can improve further)
+    while envs.size:
+        k = envs.size
+        c = np.take_along_axis(cost[envs], np.broadcast_to(goal[envs, None, :], (k, n, n)), axis=2)  # i, goal of j
+        own = np.diagonal(c, axis1=1, axis2=2)
+        gain = (own[:, :, None] + own[:, None, :] - c - np.swapaxes(c, 1, 2)).reshape(k, n * n)
+        best = np.argmax(gain, axis=1)
+        swap = gain[np.arange(k), best] > 1e-12
+        envs = envs[swap]
+        i, j = np.divmod(best[swap], n)
+        goal[envs, i], goal[envs, j] = goal[envs, j], goal[envs, i]
+    return goal
+
+
+def squared_distances(starts: np.ndarray, goals: np.ndarray) -> np.ndarray:
+    """``[E, N, G]`` squared distances [m^2] from each start ``[E, N, 3]`` to each goal ``[E, G, 3]``."""
+    diff = starts[:, :, None, :] - goals[:, None, :, :]
+    return np.einsum("engk,engk->eng", diff, diff)
+
+
 class SwarmTask:
     """Base task: static per-drone targets; subclasses change where targets are and how they move.
 
@@ -89,8 +125,8 @@ class SwarmTask:
         yaw = rng.uniform(-0.2, 0.2, (k, self.num_drones))
         return np.concatenate([xy, z], axis=-1), yaw
 
-    def reset(self, rng: np.random.Generator, env_ids: np.ndarray) -> None:
-        """Sample new targets for ``env_ids``."""
+    def reset(self, rng: np.random.Generator, env_ids: np.ndarray, spawn: np.ndarray) -> None:
+        """Sample new targets for ``env_ids``, whose drones spawn at ``spawn [len(env_ids), N, 3]`` [m]."""
         xy = grid_positions(rng, len(env_ids), self.num_drones, spacing=0.5, jitter=0.1)
         z = rng.uniform(*self.target_height, (len(env_ids), self.num_drones, 1))
         self.targets[env_ids] = np.concatenate([xy, z], axis=-1)
@@ -117,9 +153,30 @@ class SwarmTask:
 
 
 class HoverTask(SwarmTask):
-    """``drone-hover``: every drone flies to its own random target and holds it."""
+    """``drone-hover``: every drone flies to its own random target and holds it.
+
+    Args:
+        assignment: which sampled target each drone gets. ``"capt"`` (default): no swap of two drones' targets
+            would lower the sum of squared spawn-target distances (:func:`pairwise_optimal_assignment`), so the
+            straight paths do not cross; ``"random"``: the order sampled, so paths often cross and the drones
+            must avoid each other on the way.
+    """
 
     name = "hover"
+    assignments = ("capt", "random")
+
+    def __init__(self, num_drones: int, num_envs: int, *, assignment: str = "capt", **kwargs) -> None:
+        super().__init__(num_drones, num_envs, **kwargs)
+        if assignment not in self.assignments:
+            raise ValueError(f"assignment must be one of {self.assignments}, got {assignment!r}")
+        self.assignment = assignment
+
+    def reset(self, rng: np.random.Generator, env_ids: np.ndarray, spawn: np.ndarray) -> None:
+        super().reset(rng, env_ids, spawn)
+        if self.assignment == "capt":
+            targets = self.targets[env_ids]
+            goal = pairwise_optimal_assignment(squared_distances(spawn, targets))
+            self.targets[env_ids] = np.take_along_axis(targets, goal[..., None], axis=1)
 
 
 class FormationTask(SwarmTask):
@@ -154,7 +211,7 @@ class FormationTask(SwarmTask):
         self.phase = np.zeros(num_envs)
         self.height = np.ones(num_envs)
 
-    def reset(self, rng: np.random.Generator, env_ids: np.ndarray) -> None:
+    def reset(self, rng: np.random.Generator, env_ids: np.ndarray, spawn: np.ndarray) -> None:
         self.phase[env_ids] = rng.uniform(0.0, 2.0 * math.pi, len(env_ids))
         self.height[env_ids] = rng.uniform(*self.target_height, len(env_ids))
 
@@ -171,9 +228,10 @@ class NavigationTask(SwarmTask):
     """``drone-navigation``: N drones cover N goals (no fixed assignment) without colliding.
 
     No fixed assignment: each drone's target (``rel_target``, the proximity reward and ``pos_error``) is the
-    goal a greedy matching of goals to flying drones gives it (closest goal-drone pair first, then the
-    closest of the rest), recomputed every step from where the swarm is; a drone that observes every other
-    drone (``num_neighbors >= N - 1``, the default up to 4 drones) can compute it itself. Each drone also
+    goal that :meth:`matching` gives it, recomputed every step from where the swarm is: a matching of goals
+    to flying drones that no swap of two drones' goals improves (sum of squared distances, as CAPT assigns
+    goals; see :func:`pairwise_optimal_assignment`). A drone that observes every other drone
+    (``num_neighbors >= N - 1``, the default up to 4 drones) can compute it itself. Each drone also
     observes every goal relative to itself, nearest first (field ``rel_goals``). ``coverage`` is the
     fraction of goals with a drone within ``cover_radius``.
     """
@@ -192,7 +250,7 @@ class NavigationTask(SwarmTask):
         return np.take_along_axis(rel, order[..., None], axis=2)
 
     def target_state(self, time_s: np.ndarray, pos: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each flying drone's target is the goal the greedy matching gives it; others target their nearest."""
+        """Each flying drone's target is the goal :meth:`matching` gives it; others target their nearest."""
         goal, _ = self.matching(pos, active)
         nearest = pos + self._rel_goals(pos)[:, :, 0, :]
         matched = np.take_along_axis(self.targets, np.maximum(goal, 0)[..., None], axis=1)
@@ -204,26 +262,16 @@ class NavigationTask(SwarmTask):
         return np.min(np.where(active[:, None, :], d, np.inf), axis=-1)
 
     def matching(self, pos: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Greedy goal-drone matching: the closest (goal, active drone) pair first, then the closest of the rest.
+        """Goals of the flying drones: no swap of two drones' goals lowers the sum of squared distances.
 
-        Returns each drone's matched goal index ``[E, N]`` (-1 for drones left without a goal: inactive ones,
-        or more drones than goals) and its distance to it [m] (inf when unmatched).
+        Drones that are not flying cost nothing anywhere, so a flying drone takes over a goal that a crashed
+        one held whenever that lowers the sum. Returns each drone's goal index ``[E, N]`` (-1 for drones not
+        flying) and its distance to it [m] (inf when not flying).
         """
-        d = np.linalg.norm(self.targets[:, :, None, :] - pos[:, None, :, :], axis=-1)  # [E, G, N]
-        d = np.where(active[:, None, :], d, np.inf)
-        e, g, n = d.shape
-        goal = np.full((e, n), -1)
-        dist = np.full((e, n), np.inf)
-        rows = np.arange(e)
-        for _ in range(min(g, n)):
-            gi, ni = np.divmod(np.argmin(d.reshape(e, -1), axis=1), n)
-            best = d[rows, gi, ni]
-            ok = np.isfinite(best)
-            goal[rows[ok], ni[ok]] = gi[ok]
-            dist[rows[ok], ni[ok]] = best[ok]
-            d[rows[ok], gi[ok], :] = np.inf
-            d[rows[ok], :, ni[ok]] = np.inf
-        return goal, dist
+        cost = np.where(active[..., None], squared_distances(pos, self.targets), 0.0)
+        goal = pairwise_optimal_assignment(cost)
+        dist = np.linalg.norm(np.take_along_axis(self.targets, goal[..., None], axis=1) - pos, axis=-1)
+        return np.where(active, goal, -1), np.where(active, dist, np.inf)
 
     def extra_obs(self, pos: np.ndarray) -> np.ndarray:
         rel = self._rel_goals(pos)
