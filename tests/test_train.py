@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -232,6 +233,15 @@ def test_new_run_refuses_to_overwrite_and_resume_needs_a_run(tmp_path: Path) -> 
         Trainer.resume(tmp_path / "run", overrides={"train.lr": 1.0}, progress=False)
     with pytest.raises(ConfigError, match=r"train\.time_limit_s"):
         Trainer.resume(tmp_path / "run", overrides={"train.time_limit_s": -1}, progress=False)
+
+
+def test_linear_schedule_ends_with_the_wall_clock_budget(tmp_path: Path) -> None:
+    """A run that the time limit stops (long before its step budget) still anneals its learning rate to ~0."""
+    train = {**TINY["train"], "total_steps": 1e9, "time_limit_s": 3.0, "lr": 1e-3, "lr_schedule": "linear"}
+    summary = Trainer.create(validate({**TINY, "train": train}), tmp_path / "run", progress=False).train()
+    assert summary["stopped_by"] == "time_limit"
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[0] > 0.9e-3 and lrs[-1] < 0.15e-3 and all(np.diff(lrs) <= 0)
 
 
 # ---------------------------------------------------------------------------------------------- configs

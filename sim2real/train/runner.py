@@ -221,7 +221,7 @@ class Trainer:
                 start = time.perf_counter()
                 episodes = self._collect()
                 collected = time.perf_counter()
-                stats = self.learner.update(self.buffer, min(1.0, self.env_steps / total), self.generator)
+                stats = self.learner.update(self.buffer, self._progress(), self.generator)
                 self._refresh_target()
                 self.update_idx += 1
                 self.env_steps += cfg.steps_per_update
@@ -267,6 +267,18 @@ class Trainer:
             summary["eval"] = result.summary()
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    def _progress(self) -> float:
+        """Training progress in [0, 1] for the schedules: the larger of the step and the wall-clock fractions.
+
+        With ``train.time_limit_s`` set, a linear schedule therefore reaches its end when the run stops, whichever
+        budget stops it.
+        """
+        train = self.config.train
+        fraction = self.env_steps / train.total_env_steps
+        if train.time_limit_s is not None:
+            fraction = max(fraction, self.wall_s / train.time_limit_s)
+        return min(1.0, fraction)
 
     def _collect(self) -> dict[str, list[float]]:
         """Fill the rollout buffer (with advantages); returns the metrics of episodes that ended."""
