@@ -12,6 +12,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from rclpy.context import Context
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
-from s2r_ros.executor import make_executor
+from s2r_ros.executor import SHUTDOWN_GRACE_S, make_executor, spin_until_shutdown
 from s2r_ros.policy_node import PolicyNode, rpm_message
 from s2r_ros.qos import COMMAND, SENSOR
 
@@ -471,6 +472,29 @@ def test_policy_node_refuses_a_bundle_that_differs_from_the_declared_setup(vel_b
         robots = [Parameter("bundle", value=str(vel_bundle)), Parameter("robots", value=["cf1"])]
         with pytest.raises(ValueError, match="names 1"):
             PolicyNode(context=context, parameter_overrides=robots)
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
+def test_spin_until_shutdown_takes_an_error_during_shutdown_for_the_shutdown_and_raises_others() -> None:
+    """An exception while the context goes down (as rclpy's signal thread shuts it) ends the spin cleanly."""
+
+    class FailingExecutor:
+        def spin_once(self, timeout_sec: float) -> None:
+            raise RuntimeError("Unable to convert call argument '0' to Python object")
+
+    context = Context()
+    rclpy.init(context=context, domain_id=DOMAIN_BASE + 5)
+    try:
+        start = time.monotonic()
+        with pytest.raises(RuntimeError, match="Unable to convert"):  # the context stays up: a real error
+            spin_until_shutdown(FailingExecutor(), context)
+        assert time.monotonic() - start >= SHUTDOWN_GRACE_S
+        stopper = threading.Timer(0.2, context.try_shutdown)
+        stopper.start()
+        spin_until_shutdown(FailingExecutor(), context)  # the context goes down 0.2 s after the error: returns
+        assert not context.ok()
+        stopper.join()
     finally:
         rclpy.try_shutdown(context=context)
 

@@ -8,6 +8,7 @@ fall back to the SingleThreadedExecutor. Spin it with :func:`spin_until_shutdown
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 
 import rclpy
@@ -23,6 +24,9 @@ except ImportError:  # rclpy without the experimental EventsExecutor
 SPIN_TIMEOUT_S = 0.25
 """Longest wait of one ``spin_once`` [s]: bounds how long a shutdown takes to notice."""
 
+SHUTDOWN_GRACE_S = 1.0
+"""How long an exception from ``spin_once`` waits for the context to go down before it is an error [s]."""
+
 
 def make_executor(context: Context | None = None) -> Executor:
     """An EventsExecutor on ``context`` (the default context when None), else a SingleThreadedExecutor."""
@@ -36,15 +40,29 @@ def spin_until_shutdown(executor: Executor, context: Context) -> None:
 
     Waits in ``spin_once`` with a finite timeout: with an infinite one (``spin()``), the EventsExecutor of
     the rclpy 9.1.2 wheels busy-waits on a full core, fires no timer and never returns, not even on shutdown.
-    Whatever ``spin_once`` raises once the context is down (``ExternalShutdownException``, or ``RCLError``
-    "the given context is not valid" when the signal lands inside the wait) is the shutdown itself.
+    Whatever ``spin_once`` raises while the context goes down is the shutdown itself: ``ExternalShutdownException``,
+    ``RCLError`` "the given context is not valid" when the signal lands inside the wait, or pybind11's
+    ``RuntimeError`` "Unable to convert call argument '0' to Python object" when it lands during a callback.
+    rclpy shuts the context down from its signal-handling thread, so such an error can come a moment before
+    ``context.ok()`` turns false: an exception counts as shutdown when the context is down within
+    :data:`SHUTDOWN_GRACE_S`, and is raised otherwise.
     """
     while context.ok():
         try:
             executor.spin_once(timeout_sec=SPIN_TIMEOUT_S)
         except Exception:
-            if context.ok():
+            if not _goes_down(context, SHUTDOWN_GRACE_S):
                 raise
+
+
+def _goes_down(context: Context, within_s: float) -> bool:
+    """Whether ``context`` is shut down now or within ``within_s`` seconds."""
+    deadline = time.monotonic() + within_s
+    while context.ok():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def run_node(build: Callable[[], Node], name: str, args: list[str] | None = None) -> int:
