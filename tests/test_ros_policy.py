@@ -27,11 +27,20 @@ from rclpy.context import Context
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
+from rclpy.serialization import deserialize_message, serialize_message
 from s2r_ros.executor import SHUTDOWN_GRACE_S, make_executor, spin_until_shutdown
 from s2r_ros.policy_node import PolicyNode, rpm_message
 from s2r_ros.qos import COMMAND, SENSOR
 
 from sim2real.deploy import CommandSpec, ControlSchedule, Failsafe, RobotState, SwarmController, SwarmObserver
+from sim2real.deploy.cdr import (
+    CdrError,
+    OdometryWriter,
+    TwistStampedWriter,
+    patch_odometry_cdr,
+    read_odometry_cdr,
+    read_twist_stamped_cdr,
+)
 from sim2real.deploy.codecs import fill_odometry, read_odometry, stamp_to_ns
 from sim2real.deploy.state import SwarmState
 from sim2real.envs import make
@@ -132,6 +141,57 @@ def test_odometry_codec_round_trips_and_puts_the_twist_in_the_stated_frame(twist
     np.testing.assert_allclose([linear.x, linear.y, linear.z], expected, atol=1e-12)
     with pytest.raises(ValueError, match="twist_frame"):
         read_odometry(msg, "odom")
+
+
+# frame ids of every length modulo 8: the doubles' alignment padding differs for each
+FRAME_IDS = [("world", "cf1/base_link"), ("", ""), ("w", "ab"), ("abc", "x" * 4), ("map_frame", "cf12/base_link_x")]
+
+
+@pytest.mark.parametrize(("frame_id", "child_frame_id"), FRAME_IDS)
+@pytest.mark.parametrize("twist_frame", ["body", "world"])
+def test_cdr_odometry_is_what_rclpy_serializes_and_reads_back(
+    frame_id: str, child_frame_id: str, twist_frame: str
+) -> None:
+    state = robot_state(5, stamp_ns=1_700_000_000_987_654_321)
+    msg = Odometry()
+    msg.header.frame_id, msg.child_frame_id = frame_id, child_frame_id
+    fill_odometry(msg, state, twist_frame)
+    ours = OdometryWriter(frame_id, child_frame_id, twist_frame).encode(state)
+    assert len(ours) == len(serialize_message(msg))  # byte for byte but the padding, which rclpy leaves unset
+    back = deserialize_message(ours, Odometry)
+    assert (back.header.frame_id, back.child_frame_id) == (frame_id, child_frame_id)
+    assert list(back.pose.covariance) == [0.0] * 36
+    msg.pose.covariance[7] = 0.25
+    msg.twist.covariance[35] = 0.5
+    for read in (read_odometry_cdr(serialize_message(msg), twist_frame), read_odometry(back, twist_frame)):
+        for name in ("pos", "quat", "vel", "ang_vel_body"):
+            np.testing.assert_allclose(getattr(read, name), getattr(state, name), atol=1e-12)
+        assert read.stamp_ns == state.stamp_ns
+    moved = RobotState(state.pos + 1.0, state.quat, -state.vel, state.ang_vel_body, state.stamp_ns + 5)
+    patched = deserialize_message(patch_odometry_cdr(serialize_message(msg), moved, twist_frame), Odometry)
+    assert patched.pose.covariance[7] == 0.25 and patched.twist.covariance[35] == 0.5
+    assert (patched.header.frame_id, patched.child_frame_id) == (frame_id, child_frame_id)
+    np.testing.assert_allclose(read_odometry(patched, twist_frame).vel, -state.vel, atol=1e-12)
+    assert stamp_to_ns(patched.header.stamp) == state.stamp_ns + 5
+
+
+@pytest.mark.parametrize("frame_id", ["world", "", "abcd", "frame_7"])
+def test_cdr_twist_stamped_matches_rclpy_and_bad_bytes_are_rejected_with_the_reason(frame_id: str) -> None:
+    data = TwistStampedWriter(frame_id).encode(np.array([0.5, -1.0, 0.25]), 3_000_000_007)
+    msg = deserialize_message(data, TwistStamped)
+    assert msg.header.frame_id == frame_id and stamp_to_ns(msg.header.stamp) == 3_000_000_007
+    assert [msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z] == [0.5, -1.0, 0.25]
+    msg.twist.angular.z = 2.0
+    linear, angular, stamp = read_twist_stamped_cdr(serialize_message(msg))
+    np.testing.assert_array_equal(linear, [0.5, -1.0, 0.25])
+    np.testing.assert_array_equal(angular, [0.0, 0.0, 2.0])
+    assert stamp == 3_000_000_007
+    with pytest.raises(CdrError, match="big-endian"):
+        read_twist_stamped_cdr(b"\x00\x00" + data[2:])
+    with pytest.raises(CdrError, match="too short"):
+        read_twist_stamped_cdr(data[:-8])
+    with pytest.raises(CdrError, match="NUL-terminated"):
+        read_odometry_cdr(data[:12] + (10_000).to_bytes(4, "little") + data[16:])
 
 
 # ---------------------------------------------------------------------------------------------- core: failsafe
@@ -417,6 +477,15 @@ def test_policy_node_fails_safe_on_silence_and_nan_and_recovers(vel_bundle: Path
     recovered = values(latest_status("cf1", len(h.diagnostics), DiagnosticStatus.OK))
     assert int(recovered["entries_stale"]) >= 1 and recovered["entries_obs_not_finite"] == "1"
     assert int(recovered["safe_commands"]) >= 2
+
+    # odometry the node cannot read (big-endian CDR) counts as none: it keeps running and fails safe when stale
+    odometry = serialize_message(h.odometry("cf1", robot_state(8, h.now_ns())))
+    last_stamp, n = h.now_ns(), len(h.commands["cf1"])
+    while not safe_sent() and h.now_ns() - last_stamp < 3e9:
+        h.odom_publishers["cf1"].publish(b"\x00\x00" + odometry[2:])
+        fly("cf2")
+    assert safe_sent()
+    assert not np.allclose(linear(fly("cf1")), 0.0)
 
 
 def test_policy_node_flies_an_rpm_policy_with_labelled_motor_commands_and_hovers_on_silence(

@@ -1,8 +1,9 @@
 """Running an exported policy on robots, without ROS: observations from robot state, failsafe, command guard.
 
 The ROS 2 policy node (``ros2_ws/src/s2r_ros``) is a thin adapter around :class:`SwarmController`: it turns
-messages into numpy with :mod:`sim2real.deploy.codecs`, calls the controller, and turns commands back into
-messages. Everything here is numpy (and onnxruntime through ``OnnxPolicy``) and is unit-tested without DDS.
+messages into numpy with :mod:`sim2real.deploy.codecs` (message objects) or :mod:`sim2real.deploy.cdr`
+(serialized bytes, the control path), calls the controller, and turns commands back into messages.
+Everything here is numpy (and onnxruntime through ``OnnxPolicy``) and is unit-tested without DDS.
 """
 
 from sim2real.deploy.command import CommandSpec

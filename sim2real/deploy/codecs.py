@@ -46,7 +46,21 @@ def read_odometry(msg: Any, twist_frame: str = "body") -> RobotState:
     pose, twist = msg.pose.pose, msg.twist.twist
     q = pose.orientation
     quat = np.array([q.x, q.y, q.z, q.w], dtype=np.float64)
-    linear, angular = _xyz(twist.linear), _xyz(twist.angular)
+    return odometry_state(
+        _xyz(pose.position), quat, _xyz(twist.linear), _xyz(twist.angular), stamp_to_ns(msg.header.stamp), twist_frame
+    )
+
+
+def odometry_state(
+    position: np.ndarray,
+    quat: np.ndarray,
+    linear: np.ndarray,
+    angular: np.ndarray,
+    stamp_ns: int,
+    twist_frame: str = "body",
+) -> RobotState:
+    """The :class:`RobotState` of an odometry's pose ``[3]``, ``[4]`` (x, y, z, w) and twist ``[3]``, ``[3]``
+    given in ``twist_frame`` (see :func:`read_odometry`)."""
     rot = quat_to_matrix(quat)  # body to world
     if twist_frame == "body":
         linear = rot @ linear
@@ -54,7 +68,17 @@ def read_odometry(msg: Any, twist_frame: str = "body") -> RobotState:
         angular = rot.T @ angular
     else:
         raise ValueError(f"twist_frame must be one of {TWIST_FRAMES}, got {twist_frame!r}")
-    return RobotState(_xyz(pose.position), quat, linear, angular, stamp_to_ns(msg.header.stamp))
+    return RobotState(position, quat, linear, angular, stamp_ns)
+
+
+def odometry_twist(state: RobotState, twist_frame: str = "body") -> tuple[np.ndarray, np.ndarray]:
+    """The odometry twist (linear ``[3]`` [m/s], angular ``[3]`` [rad/s]) of ``state`` in ``twist_frame``."""
+    rot = quat_to_matrix(np.asarray(state.quat, dtype=np.float64))
+    if twist_frame == "body":
+        return rot.T @ state.vel, np.asarray(state.ang_vel_body)
+    if twist_frame == "world":
+        return np.asarray(state.vel), rot @ state.ang_vel_body
+    raise ValueError(f"twist_frame must be one of {TWIST_FRAMES}, got {twist_frame!r}")
 
 
 def fill_odometry(msg: Any, state: RobotState, twist_frame: str = "body") -> None:
@@ -64,13 +88,7 @@ def fill_odometry(msg: Any, state: RobotState, twist_frame: str = "body") -> Non
     _set_xyz(pose.position, state.pos)
     q = pose.orientation
     q.x, q.y, q.z, q.w = (float(v) for v in state.quat)
-    rot = quat_to_matrix(np.asarray(state.quat, dtype=np.float64))
-    if twist_frame == "body":
-        linear, angular = rot.T @ state.vel, state.ang_vel_body
-    elif twist_frame == "world":
-        linear, angular = state.vel, rot @ state.ang_vel_body
-    else:
-        raise ValueError(f"twist_frame must be one of {TWIST_FRAMES}, got {twist_frame!r}")
+    linear, angular = odometry_twist(state, twist_frame)
     _set_xyz(twist.linear, linear)
     _set_xyz(twist.angular, angular)
 
@@ -78,11 +96,3 @@ def fill_odometry(msg: Any, state: RobotState, twist_frame: str = "body") -> Non
 def read_position(msg: Any) -> np.ndarray:
     """The position ``[3]`` [m] of a ``geometry_msgs/PoseStamped`` (e.g. a goal), in its header's frame."""
     return _xyz(msg.pose.position)
-
-
-def fill_twist_stamped(msg: Any, velocity: np.ndarray, stamp_ns: int, frame_id: str) -> None:
-    """Write a velocity command ``[3]`` [m/s] into a ``geometry_msgs/TwistStamped`` (angular rate zero)."""
-    fill_stamp(msg.header.stamp, stamp_ns)
-    msg.header.frame_id = frame_id
-    _set_xyz(msg.twist.linear, velocity)
-    _set_xyz(msg.twist.angular, np.zeros(3))

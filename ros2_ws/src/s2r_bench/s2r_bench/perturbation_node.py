@@ -1,8 +1,10 @@
 """``perturbation_node``: injects a perturbation spec between the robots' sensors and the policy.
 
 Per robot ``R`` of ``robots``, it proxies ``R/<state_in>`` (``odom_raw``) to ``R/<state_out>`` (``odom``),
-``nav_msgs/Odometry`` best effort, and, when ``command_in`` is set, ``R/<command_in>`` (``cmd_vel_raw``) to
-``R/<command_out>`` (``cmd_vel``), ``geometry_msgs/TwistStamped`` reliable. Each message goes through
+``nav_msgs/Odometry`` best effort (read from and written into the serialized bytes,
+:mod:`sim2real.deploy.cdr`: no deserialization on the control path; frame ids and covariances pass through),
+and, when ``command_in`` is set, ``R/<command_in>`` (``cmd_vel_raw``) to ``R/<command_out>`` (``cmd_vel``),
+``geometry_msgs/TwistStamped`` reliable. Each message goes through
 :class:`sim2real.perturb.stream.StreamPerturber` (the same perturbation objects as the simulator, one call per
 message): odometry as the fields ``position`` [3] (world, m), ``attitude`` [4] (quaternion x, y, z, w;
 renormalised after perturbation), ``velocity`` [3] (world, m/s) and ``gyro`` [3] (body, rad/s), so a
@@ -39,7 +41,7 @@ from s2r_ros.qos import COMMAND, SENSOR
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
-from sim2real.deploy.codecs import fill_odometry, read_odometry
+from sim2real.deploy.cdr import patch_odometry_cdr, read_odometry_cdr
 from sim2real.deploy.state import RobotState
 from sim2real.export import verify_bundle
 from sim2real.perturb.stream import StreamPerturber
@@ -102,7 +104,8 @@ class PerturbationNode(Node):
         self.pending: dict[tuple[int, str, str], int] = {}  # (agent, stream, name) -> hits since the last report
         self.state_publishers, self.command_publishers = [], []
         for agent, robot in enumerate(self.robots):
-            self.create_subscription(Odometry, f"{robot}/{state_in}", partial(self._on_state, agent), SENSOR)
+            on_state = partial(self._on_state, agent)
+            self.create_subscription(Odometry, f"{robot}/{state_in}", on_state, SENSOR, raw=True)
             self.state_publishers.append(self.create_publisher(Odometry, f"{robot}/{state_out}", SENSOR))
             if command_in:
                 self.create_subscription(
@@ -118,14 +121,15 @@ class PerturbationNode(Node):
         explained = "; ".join(self.perturbers[0].pipeline.explain()) or "nothing (pass-through)"
         self.get_logger().info(f"{', '.join(self.robots)}: {state_in} -> {state_out}: {explained}")
 
-    def _on_state(self, agent: int, msg: Odometry) -> None:
-        state = read_odometry(msg, self.twist_frame)
+    def _on_state(self, agent: int, data: bytes) -> None:
+        """Robot ``agent``'s serialized odometry: perturbed, forwarded as bytes (or dropped)."""
+        state = read_odometry_cdr(data, self.twist_frame)
         out = self.perturbers[agent].observe(state_vector(state))
         self._report(agent, "state")
         if out is None:
             return
-        fill_odometry(msg, vector_state(out, state.stamp_ns), self.twist_frame)
-        self.state_publishers[agent].publish(msg)
+        perturbed = vector_state(out, state.stamp_ns)
+        self.state_publishers[agent].publish(patch_odometry_cdr(data, perturbed, self.twist_frame))
 
     def _on_command(self, agent: int, msg: TwistStamped) -> None:
         t = msg.twist.linear

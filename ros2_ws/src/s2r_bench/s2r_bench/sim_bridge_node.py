@@ -4,8 +4,9 @@ Per robot ``R`` of ``robots`` (``cf1``..``cfN`` by default):
 
 - publishes ``R/<state_topic>`` (``nav_msgs/Odometry``, best effort depth 1, REP 105: pose in ``world``,
   twist in the body frame; ``state_topic`` is ``odom``, or ``odom_raw`` when a perturbation node sits
-  between the bridge and the policy), stamped at the step (see the modes below). The bridge adds no
-  sensor noise, so this is also the ground truth the bench's metrics use;
+  between the bridge and the policy), stamped when the state is measured (see the modes below) and
+  serialized straight from numpy (:mod:`sim2real.deploy.cdr`). The bridge adds no sensor noise, so this is
+  also the ground truth the bench's metrics use;
 - publishes ``R/goal`` (``geometry_msgs/PoseStamped``, the robot's target; reliable, at ``goal_rate_hz`` and
   on change);
 - subscribes ``R/cmd_vel`` (``geometry_msgs/TwistStamped``, world-frame m/s) for velocity policies or
@@ -14,7 +15,9 @@ Per robot ``R`` of ``robots`` (``cf1``..``cfN`` by default):
 plus ``/clock`` (``rosgraph_msgs/Clock``, simulated time). The physics is :class:`sim2real.bench.bridge.BridgeSim`
 (PyBullet by default; ``dynamics`` takes a ``dynamics.*`` perturbation spec as JSON; ``rate_hz`` > 0 steps
 at another rate than the trained one). ``mode: realtime``
-steps on a wall-clock timer at the env's control rate and stamps with the node's (system) clock;
+steps on a wall-clock timer at the env's control rate and stamps each state with the node's (system) clock
+when the physics step that computed it has finished (a driver stamps a measurement when it is taken; the
+simulator's own compute time is not part of the robot's loop);
 ``mode: lockstep`` stamps with the simulated time and steps as soon as every robot has answered the last odometry
 (its command carries that stamp), or after ``lockstep_timeout_s`` of wall clock. In lock step the nodes that
 read the stamps (the policy node) must run on simulated time (``use_sim_time: true``, from ``/clock``, which
@@ -47,7 +50,8 @@ from s2r_ros.qos import COMMAND, SENSOR
 from std_msgs.msg import Float32MultiArray
 
 from sim2real.bench.bridge import BridgeSim
-from sim2real.deploy.codecs import fill_odometry, fill_stamp, stamp_to_ns
+from sim2real.deploy.cdr import OdometryWriter, read_twist_stamped_cdr
+from sim2real.deploy.codecs import fill_stamp
 from sim2real.export import verify_bundle
 
 NODE_NAME = "sim_bridge"
@@ -92,12 +96,13 @@ class SimBridgeNode(Node):
         command_type = TwistStamped if vel else Float32MultiArray
 
         self.state_publishers, self.goal_publishers, subscriptions = [], [], []
+        self.odometry = [OdometryWriter(self.world_frame, f"{robot}/base_link") for robot in self.robots]
         for agent, robot in enumerate(self.robots):
             self.state_publishers.append(self.create_publisher(Odometry, f"{robot}/{state_topic}", SENSOR))
             self.goal_publishers.append(self.create_publisher(PoseStamped, f"{robot}/goal", COMMAND))
-            on_command = partial(self._on_command, agent)
-            command = self.create_subscription(command_type, f"{robot}/{command_topic}", on_command, COMMAND)
-            subscriptions.append(command)
+            on_command = partial(self._on_velocity if vel else self._on_rpm, agent)
+            topic = f"{robot}/{command_topic}"
+            subscriptions.append(self.create_subscription(command_type, topic, on_command, COMMAND, raw=vel))
         self.clock_publisher = self.create_publisher(Clock, "/clock", SENSOR)
         self.answered = np.zeros(n, dtype=bool)
         self.last_stamp_ns = -1
@@ -121,13 +126,17 @@ class SimBridgeNode(Node):
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
 
-    def _on_command(self, agent: int, msg: TwistStamped | Float32MultiArray) -> None:
+    def _on_velocity(self, agent: int, data: bytes) -> None:
+        """A serialized ``TwistStamped`` velocity command (raw subscription: no deserialization)."""
+        linear, _, stamp = read_twist_stamped_cdr(data)
+        self._on_command(agent, linear, stamp)
+
+    def _on_rpm(self, agent: int, msg: Float32MultiArray) -> None:
+        self._on_command(agent, np.frombuffer(msg.data, dtype=np.float32), None)
+
+    def _on_command(self, agent: int, command: np.ndarray, stamp: int | None) -> None:
+        """Robot ``agent``'s command; ``stamp`` is its header stamp (None for unstamped RPM commands)."""
         now = self._now_ns()
-        if isinstance(msg, TwistStamped):
-            t = msg.twist.linear
-            command, stamp = np.array([t.x, t.y, t.z]), stamp_to_ns(msg.header.stamp)
-        else:
-            command, stamp = np.frombuffer(msg.data, dtype=np.float32), None
         if not self.sim.set_command(agent, command, now):
             self.get_logger().warning(f"{self.robots[agent]}: rejected command {command.tolist()}", once=True)
             return
@@ -166,7 +175,7 @@ class SimBridgeNode(Node):
         self.sim.step(now)
         self.answered[:] = False
         self.last_step_ns = now
-        self._publish_states(now)
+        self._publish_states(self._now_ns())  # the states are measured now, after the physics step
 
     def _publish_states(self, now: int) -> None:
         """Publish ``/clock``, every robot's state and (every goal period or on change) the goals."""
@@ -176,10 +185,7 @@ class SimBridgeNode(Node):
         fill_stamp(clock.clock, sim_ns)
         self.clock_publisher.publish(clock)
         for agent, state in enumerate(self.sim.states(stamp)):
-            msg = Odometry()
-            msg.header.frame_id, msg.child_frame_id = self.world_frame, f"{self.robots[agent]}/base_link"
-            fill_odometry(msg, state)
-            self.state_publishers[agent].publish(msg)
+            self.state_publishers[agent].publish(self.odometry[agent].encode(state))
         goals = self.sim.targets()
         if now - self.last_goal_ns >= self.goal_period_ns or not np.allclose(goals, self.goals):
             self.goals, self.last_goal_ns = goals, now

@@ -4,21 +4,25 @@ Per robot ``R`` in the ``robots`` parameter (crazyswarm2-style names, relative t
 
 - subscribes ``R/odom`` (``nav_msgs/Odometry``, best effort, depth 1; pose in the world frame, twist in
   the body frame as REP 105 says, or in the world frame with ``odom_twist_frame: world``; stamped on the
-  node's clock) and, unless ``goal_topic`` is empty, ``R/goal`` (``geometry_msgs/PoseStamped``, reliable,
-  world frame) which replaces R's entry of the ``targets`` parameter;
+  node's clock; read straight from the serialized bytes, :mod:`sim2real.deploy.cdr`) and, unless
+  ``goal_topic`` is empty, ``R/goal`` (``geometry_msgs/PoseStamped``, reliable, world frame) which replaces
+  R's entry of the ``targets`` parameter;
 - publishes ``R/cmd_vel`` (``geometry_msgs/TwistStamped``: world-frame velocity setpoint [m/s] in
   ``twist.linear``, frame ``world_frame``) for ``vel`` policies, or ``R/cmd_rpm`` (``std_msgs/
   Float32MultiArray``: motor speeds [RPM], one dimension labelled ``m1,m2,m3,m4``) for ``rpm`` policies,
-  reliable, depth 1. A command's header stamp is the stamp of the odometry that produced it (latency from
-  stamps); the watchdog's safe commands carry the time they were sent.
+  reliable, depth 1 (velocity commands are serialized straight from numpy). A command's header stamp is
+  the stamp of the odometry that produced it (latency from stamps); the watchdog's safe commands carry the
+  time they were sent.
 
 and publishes one ``diagnostic_msgs/DiagnosticStatus`` per robot on ``/diagnostics`` (hardware_id = robot).
 Control is event-driven on odometry arrival, decimated to the policy's control rate; the failsafe, clamp and
 rate limit are ``sim2real.deploy`` (see ``SwarmController``). Parameters: ``config/policy.yaml``.
 
-Failsafe changes are logged at most once per ``log_period_s`` (default 1 s) per robot, with the number of
-changes not logged since: an rclpy log call costs about a millisecond, and a flapping input must not slow the
-control loop down. The diagnostics count every change.
+Odometry that cannot be read (not little-endian CDR) is ignored, with an error logged at most once per
+``log_period_s``: the robot then goes stale and fails safe. Failsafe changes are logged at most once per
+``log_period_s`` (default 1 s) per robot, with the number of changes not logged since: an rclpy log call
+costs about a millisecond, and a flapping input must not slow the control loop down. The diagnostics count
+every change.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 from s2r_ros.executor import run_node
 from s2r_ros.qos import COMMAND, DIAGNOSTICS, SENSOR
 from sim2real.deploy import AgentCommand, SwarmController
-from sim2real.deploy.codecs import TWIST_FRAMES, fill_stamp, fill_twist_stamped, read_odometry, read_position
+from sim2real.deploy.cdr import CdrError, TwistStampedWriter, read_odometry_cdr
+from sim2real.deploy.codecs import TWIST_FRAMES, fill_stamp, read_position
 from sim2real.deploy.failsafe import STARTUP_FAULTS, GuardedCommand
 from sim2real.export import OnnxPolicy, verify_bundle
 from sim2real.export.bundle import POLICY_FILE
@@ -88,6 +93,7 @@ class PolicyNode(Node):
         if self.twist_frame not in TWIST_FRAMES:
             raise ValueError(f"parameter 'odom_twist_frame' must be one of {TWIST_FRAMES}, got {self.twist_frame!r}")
         self.world_frame = self.declare_parameter("world_frame", "world").value
+        self.velocity = TwistStampedWriter(self.world_frame)
         trained_hz = float(contract["ctrl_freq_hz"] or 0.0)
         rate_hz = self.declare_parameter("rate_hz", trained_hz).value
         self.controller = SwarmController(
@@ -111,7 +117,8 @@ class PolicyNode(Node):
         message_type = TwistStamped if self.spec.action_type == "vel" else Float32MultiArray
         self.command_publishers = []
         for agent, robot in enumerate(self.robots):
-            self.create_subscription(Odometry, f"{robot}/{state_topic}", partial(self._on_odometry, agent), SENSOR)
+            on_odometry = partial(self._on_odometry, agent)
+            self.create_subscription(Odometry, f"{robot}/{state_topic}", on_odometry, SENSOR, raw=True)
             if goal_topic:
                 self.create_subscription(PoseStamped, f"{robot}/{goal_topic}", partial(self._on_goal, agent), COMMAND)
             self.command_publishers.append(self.create_publisher(message_type, f"{robot}/{command_topic}", COMMAND))
@@ -136,8 +143,14 @@ class PolicyNode(Node):
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
 
-    def _on_odometry(self, agent: int, msg: Odometry) -> None:
-        out = self.controller.on_state(agent, read_odometry(msg, self.twist_frame), self._now_ns())
+    def _on_odometry(self, agent: int, data: bytes) -> None:
+        try:
+            state = read_odometry_cdr(data, self.twist_frame)
+        except CdrError as err:  # unreadable odometry counts as none: the watchdog fails safe when it goes stale
+            logger = self.get_logger()
+            logger.error(f"{self.robots[agent]}: odometry ignored: {err}", throttle_duration_sec=self.log_period_s)
+            return
+        out = self.controller.on_state(agent, state, self._now_ns())
         if out is not None:
             self._publish(out)
 
@@ -153,7 +166,7 @@ class PolicyNode(Node):
         if guarded.changed:
             self._log_change(out.agent, guarded)
         if self.spec.action_type == "vel":
-            msg = velocity_message(guarded.command, out.stamp_ns, self.world_frame)
+            msg = self.velocity.encode(guarded.command, out.stamp_ns)
         else:
             msg = rpm_message(guarded.command, self.spec.names)
         self.command_publishers[out.agent].publish(msg)
@@ -193,13 +206,6 @@ class PolicyNode(Node):
                 )
             )
         self.diagnostics_publisher.publish(msg)
-
-
-def velocity_message(velocity: np.ndarray, stamp_ns: int, frame_id: str) -> TwistStamped:
-    """A velocity command ``[3]`` [m/s] in ``frame_id``, stamped ``stamp_ns``."""
-    msg = TwistStamped()
-    fill_twist_stamped(msg, velocity, stamp_ns, frame_id)
-    return msg
 
 
 def rpm_message(rpm: np.ndarray, names: tuple[str, ...]) -> Float32MultiArray:
