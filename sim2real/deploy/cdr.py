@@ -81,6 +81,11 @@ def read_stamp_ns(data: bytes) -> int:
     return sec * 1_000_000_000 + int.from_bytes(data[8:12], "little")
 
 
+def _write_stamp(buf: bytearray, stamp_ns: int) -> None:
+    """Set the ``header.stamp`` of serialized message ``buf`` to ``stamp_ns`` (>= 0)."""
+    np.frombuffer(buf, dtype="<u4", count=2, offset=4)[:] = divmod(int(stamp_ns), 1_000_000_000)
+
+
 def _header(frame_ids: tuple[str, ...]) -> bytearray:
     """Encapsulation, a zero stamp and the given strings, padded with zeros to the doubles' alignment."""
     buf = bytearray(ENCAPSULATION + bytes(8))
@@ -96,18 +101,18 @@ class StampedBuffer:
     def __init__(self, frame_ids: tuple[str, ...], doubles: int) -> None:
         head = _header(frame_ids)
         self.buf = bytearray(head + bytes(8 * doubles))
-        self.stamp = np.frombuffer(self.buf, dtype="<u4", count=2, offset=4)
         self.doubles = np.frombuffer(self.buf, dtype="<f8", count=doubles, offset=len(head))
 
     def payload(self, stamp_ns: int) -> bytes:
         """The message's bytes with ``header.stamp = stamp_ns`` (>= 0) and the doubles as set in :attr:`doubles`."""
-        self.stamp[:] = divmod(int(stamp_ns), 1_000_000_000)
+        _write_stamp(self.buf, stamp_ns)
         return bytes(self.buf)
 
 
 def read_odometry_cdr(data: bytes, twist_frame: str = "body") -> RobotState:
     """The :class:`RobotState` in a serialized ``nav_msgs/Odometry`` (like ``codecs.read_odometry``)."""
-    v = np.frombuffer(data, dtype="<f8", count=ODOMETRY_DOUBLES, offset=doubles_offset(data, 2, 85, "Odometry"))
+    offset = doubles_offset(data, 2, ODOMETRY_DOUBLES, "Odometry")
+    v = np.frombuffer(data, dtype="<f8", count=ODOMETRY_DOUBLES, offset=offset)
     return odometry_state(
         v[POSITION].copy(), v[ORIENTATION].copy(), v[LINEAR].copy(), v[ANGULAR].copy(), read_stamp_ns(data), twist_frame
     )
@@ -116,9 +121,9 @@ def read_odometry_cdr(data: bytes, twist_frame: str = "body") -> RobotState:
 def patch_odometry_cdr(data: bytes, state: RobotState, twist_frame: str = "body") -> bytes:
     """A copy of serialized odometry ``data`` with ``state``'s stamp, pose and twist; frame ids and covariances kept."""
     buf = bytearray(data)
-    v = np.frombuffer(buf, dtype="<f8", count=ODOMETRY_DOUBLES, offset=doubles_offset(buf, 2, 85, "Odometry"))
-    _write_odometry(v, state, twist_frame)
-    np.frombuffer(buf, dtype="<u4", count=2, offset=4)[:] = divmod(int(state.stamp_ns), 1_000_000_000)
+    offset = doubles_offset(buf, 2, ODOMETRY_DOUBLES, "Odometry")
+    _write_odometry(np.frombuffer(buf, dtype="<f8", count=ODOMETRY_DOUBLES, offset=offset), state, twist_frame)
+    _write_stamp(buf, state.stamp_ns)
     return bytes(buf)
 
 
@@ -154,5 +159,6 @@ class TwistStampedWriter:
 
 def read_twist_stamped_cdr(data: bytes) -> tuple[np.ndarray, np.ndarray, int]:
     """``(linear [3], angular [3], stamp_ns)`` of a serialized ``geometry_msgs/TwistStamped``."""
-    v = np.frombuffer(data, dtype="<f8", count=6, offset=doubles_offset(data, 1, 6, "TwistStamped"))
+    offset = doubles_offset(data, 1, TWIST_STAMPED_DOUBLES, "TwistStamped")
+    v = np.frombuffer(data, dtype="<f8", count=TWIST_STAMPED_DOUBLES, offset=offset)
     return v[:3].copy(), v[3:].copy(), read_stamp_ns(data)
