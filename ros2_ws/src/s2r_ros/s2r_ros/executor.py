@@ -7,6 +7,7 @@ fall back to the SingleThreadedExecutor. Spin it with :func:`spin_until_shutdown
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from collections.abc import Callable
@@ -65,6 +66,18 @@ def _goes_down(context: Context, within_s: float) -> bool:
     return True
 
 
+def freeze_startup_objects() -> None:
+    """Collect the start-up garbage, then exempt every object alive now from later garbage collections.
+
+    A node holds some 40 000 objects after start-up (modules, the policy, rclpy), and a full collection
+    scans them all: 10-25 ms on a 2-core machine, which stalls the callbacks of 1-3 control periods at 100 Hz
+    (measured on the 4-drone bench). Frozen, they are never scanned, so the collections that still run only
+    look at what the callbacks allocated since.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def run_node(build: Callable[[], Node], name: str, args: list[str] | None = None) -> int:
     """A node process's ``main``: init rclpy, ``build()`` the node and spin it until SIGINT/SIGTERM (exit 0, also
     during start-up); 1, with the reason on stderr, when ``build`` rejects its parameters (a ``ValueError``)."""
@@ -78,6 +91,7 @@ def run_node(build: Callable[[], Node], name: str, args: list[str] | None = None
             return 1
         executor = make_executor(node.context)
         executor.add_node(node)
+        freeze_startup_objects()
         spin_until_shutdown(executor, node.context)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
