@@ -20,7 +20,7 @@ def test_stream_matches_the_env_wrapper_message_by_message():
         perturbed.append(obs[0])
         clean.append(info["clean_obs"][0])
     env_log = penv.log.counts()
-    held = 0
+    held, stream_hits = 0, dict.fromkeys(env_log, 0)
     for agent in range(3):
         stream = StreamPerturber(SPEC, env.obs_layout, agent=agent, num_agents=3, seed=7)
         last = None
@@ -32,6 +32,9 @@ def test_stream_matches_the_env_wrapper_message_by_message():
             else:
                 np.testing.assert_array_equal(out, perturbed[t][agent])
                 last = out
+        for name, count in stream.log.counts().items():  # each stream logs its own robot's hits only
+            stream_hits[name] += count["events"]
+    assert stream_hits == {name: count["events"] for name, count in env_log.items()}
     assert held > 5
     assert env_log["2:timing.loss"]["events"] >= held
     env.close()

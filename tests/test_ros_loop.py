@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
+from geometry_msgs.msg import TwistStamped
 from nav_msgs.msg import Odometry
 from rclpy.context import Context
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
 from s2r_bench.perturbation_node import PerturbationNode
 from s2r_ros.qos import SENSOR
 from std_msgs.msg import String
@@ -29,8 +31,10 @@ from typer.testing import CliRunner
 from sim2real.bench.bridge import split_spec
 from sim2real.bench.run import ScenarioError, builtin_scenarios, load_scenario, run_bench
 from sim2real.cli import app
+from sim2real.deploy.cdr import OdometryWriter, TwistStampedWriter, read_twist_stamped_cdr
 from sim2real.deploy.codecs import fill_odometry, read_odometry
 from sim2real.deploy.state import RobotState
+from sim2real.export import verify_bundle
 
 BUNDLE = Path(__file__).parent / "data" / "hover4_bundle"
 DOMAIN = 60 + os.getpid() % 30  # in-process contexts; the launcher's runs use its locked 100-200 range
@@ -146,6 +150,94 @@ def test_perturbation_node_noise_and_dropout_statistics_match_the_spec() -> None
     assert len(switched[True]) >= 15 and np.all(switched[True] != [1.0, 2.0, 1.0])  # on again: noisy
 
 
+def test_perturbation_node_replaces_one_robots_commands_and_passes_unreadable_bytes_on() -> None:
+    """Malicious cf2 (``agents.malicious`` rate 0.3, random) on the command hop of 2 robots: about 30% of cf2's
+    commands are replaced by commands inside the bundle's command box, cf1's pass unchanged, stamps, frame ids
+    and angular rates are kept, and ground truth counts the replacements. Bytes that are not the topic's message
+    (big-endian commands, truncated odometry) pass on untouched and the node keeps working."""
+    context = Context()
+    rclpy.init(context=context, domain_id=DOMAIN + 30)
+    spec = {"perturbations": [{"kind": "agents.malicious", "rate": 0.3, "mode": "random", "agents": [1]}]}
+    node = PerturbationNode(
+        context=context,
+        parameter_overrides=[
+            Parameter("robots", value=["cf1", "cf2"]),
+            Parameter("spec", value=json.dumps(spec)),
+            Parameter("command_in", value="cmd_vel_raw"),
+            Parameter("bundle", value=str(BUNDLE)),
+        ],
+    )
+    box = verify_bundle(BUNDLE)["contract"]["command"]
+    low = np.subtract(box["offset"], box["scale"])
+    high = np.add(box["offset"], box["scale"])
+    driver = Node("driver", context=context)
+    reliable = QoSProfile(depth=2000, reliability=ReliabilityPolicy.RELIABLE)
+    command_in = [driver.create_publisher(TwistStamped, f"/{r}/cmd_vel_raw", reliable) for r in ("cf1", "cf2")]
+    received: dict[str, list[bytes]] = {"cf1": [], "cf2": [], "odom": []}
+    for robot in ("cf1", "cf2"):
+        driver.create_subscription(TwistStamped, f"/{robot}/cmd_vel", received[robot].append, reliable, raw=True)
+    odometry_in = driver.create_publisher(Odometry, "/cf1/odom_raw", SENSOR)
+    best_effort = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
+    driver.create_subscription(Odometry, "/cf1/odom", received["odom"].append, best_effort, raw=True)
+    events: list[String] = []
+    driver.create_subscription(String, "/bench/perturbation_events", events.append, QoSProfile(depth=5000))
+    executor = rclpy.executors.SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    executor.add_node(driver)
+    velocity = np.array([0.1, -0.2, 0.05])
+    writer = TwistStampedWriter("world")
+    sent = 300
+    unreadable = b"\x00\x00" + writer.encode(velocity, 7)[2:]  # big-endian encapsulation
+    truncated = OdometryWriter("world", "cf1").encode(
+        RobotState(np.ones(3), np.array([0.0, 0.0, 0.0, 1.0]), np.zeros(3), np.zeros(3), 7)
+    )[:-16]
+
+    def spin_until_quiet() -> None:
+        deadline, seen, quiet_since = time.monotonic() + 10, -1, time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - quiet_since < 0.5:
+            executor.spin_once(timeout_sec=0.01)
+            count = sum(map(len, received.values())) + len(events)
+            if count != seen:
+                seen, quiet_since = count, time.monotonic()
+
+    try:
+        deadline = time.monotonic() + 10
+        while any(p.get_subscription_count() == 0 for p in command_in) and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.01)
+        for k in range(sent):
+            for publisher in command_in:
+                msg = deserialize_message(writer.encode(velocity, 1000 + k), TwistStamped)
+                msg.twist.angular.z = 0.5
+                publisher.publish(msg)
+            for _ in range(4):
+                executor.spin_once(timeout_sec=0.002)
+        spin_until_quiet()
+        commands = {robot: [read_twist_stamped_cdr(data) for data in received[robot]] for robot in ("cf1", "cf2")}
+        received["cf1"].clear()
+        command_in[0].publish(unreadable)
+        odometry_in.publish(truncated)
+        spin_until_quiet()
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        driver.destroy_node()
+        rclpy.try_shutdown(context=context)
+    for robot in ("cf1", "cf2"):
+        stamps = np.array([stamp for _, _, stamp in commands[robot]])  # depth-1 queues keep the newest command
+        assert len(stamps) >= 0.95 * sent and np.all(np.diff(stamps) > 0) and stamps[0] >= 1000 and stamps[-1] < 1300
+        assert all(np.array_equal(angular, [0.0, 0.0, 0.5]) for _, angular, _ in commands[robot])
+    assert all(np.array_equal(linear, velocity) for linear, _, _ in commands["cf1"])
+    out = np.array([linear for linear, _, _ in commands["cf2"]])
+    replaced = np.any(out != velocity, axis=1)
+    assert replaced.mean() == pytest.approx(0.3, abs=0.08)
+    assert np.all((out[replaced] >= low - 1e-9) & (out[replaced] <= high + 1e-9))
+    assert len(np.unique(out[replaced][:, 0])) == replaced.sum()  # uniformly random, not one fixed command
+    records = [record for report in events for record in json.loads(report.data)]
+    assert {(r["robot"], r["stream"], r["kind"]) for r in records} == {("cf2", "command", "agents.malicious")}
+    assert sum(r["hits"] for r in records) == replaced.sum()
+    assert received["cf1"] == [unreadable] and received["odom"] == [truncated]
+
+
 def test_closed_loop_holds_four_drones_clean_and_reports_injected_noise(tmp_path: Path) -> None:
     """Clean: every drone within 10 cm of its target over the last 10 s. Noise: the events are reported."""
     clean = run_bench(
@@ -173,7 +265,10 @@ def test_closed_loop_holds_four_drones_clean_and_reports_injected_noise(tmp_path
     )  # fmt: skip
     assert result.exit_code == 0 and "perturbation hits" in result.output, result.output
     noisy = json.loads((tmp_path / "noise" / "summary.json").read_text())
-    assert noisy["injection"]["odometry"] and noisy["perturbation_events"]["by_kind"]["obs.gaussian"] >= 4 * 30
+    assert noisy["injection"]["odometry"]
+    hits = noisy["perturbation_events"]["by_kind"]["obs.gaussian"]
+    forwarded = sum(topic["count"] for name, topic in noisy["topics"].items() if name.endswith("/odom"))
+    assert forwarded >= 4 * 30 * 4 and 0.9 * 2 * forwarded <= hits <= 1.05 * 2 * forwarded  # 2 noises a message
     assert noisy["overall"]["latency_ms"]["count"] > 0
     with pytest.raises(FileExistsError, match="choose a new"):
         run_bench(BUNDLE, load_scenario("noise"), duration_s=5, out_dir=tmp_path / "noise", progress=False)

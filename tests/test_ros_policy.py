@@ -38,6 +38,7 @@ from sim2real.deploy.cdr import (
     OdometryWriter,
     TwistStampedWriter,
     patch_odometry_cdr,
+    patch_twist_stamped_cdr,
     read_odometry_cdr,
     read_twist_stamped_cdr,
 )
@@ -186,6 +187,10 @@ def test_cdr_twist_stamped_matches_rclpy_and_bad_bytes_are_rejected_with_the_rea
     np.testing.assert_array_equal(linear, [0.5, -1.0, 0.25])
     np.testing.assert_array_equal(angular, [0.0, 0.0, 2.0])
     assert stamp == 3_000_000_007
+    patched_bytes = patch_twist_stamped_cdr(serialize_message(msg), np.array([1.0, 2.0, 3.0]))
+    patched = deserialize_message(patched_bytes, TwistStamped)
+    assert [patched.twist.linear.x, patched.twist.linear.y, patched.twist.linear.z] == [1.0, 2.0, 3.0]
+    assert patched.twist.angular.z == 2.0 and patched.header == msg.header
     with pytest.raises(CdrError, match="big-endian"):
         read_twist_stamped_cdr(b"\x00\x00" + data[2:])
     with pytest.raises(CdrError, match="too short"):

@@ -157,6 +157,15 @@ class TwistStampedWriter:
         return self.message.payload(stamp_ns)
 
 
+def patch_twist_stamped_cdr(data: bytes, linear: np.ndarray) -> bytes:
+    """A copy of serialized ``geometry_msgs/TwistStamped`` ``data`` with ``twist.linear = linear`` ``[3]``; the
+    header and ``twist.angular`` kept."""
+    buf = bytearray(data)
+    offset = doubles_offset(buf, 1, TWIST_STAMPED_DOUBLES, "TwistStamped")
+    np.frombuffer(buf, dtype="<f8", count=3, offset=offset)[:] = linear
+    return bytes(buf)
+
+
 def read_twist_stamped_cdr(data: bytes) -> tuple[np.ndarray, np.ndarray, int]:
     """``(linear [3], angular [3], stamp_ns)`` of a serialized ``geometry_msgs/TwistStamped``."""
     offset = doubles_offset(data, 1, TWIST_STAMPED_DOUBLES, "TwistStamped")

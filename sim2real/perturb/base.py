@@ -97,11 +97,13 @@ class EventLog:
     Rows hold ``kind``, ``name``, ``global_step``, ``episode_step``, ``env``, ``agent`` and ``magnitude``
     (L2 norm of the change for values; steps of staleness for timing; the factor drawn for a dynamics
     shift, recorded once per episode at reset with ``global_step = -1``; wind speed and push force per step).
-    At most ``capacity`` rows are kept; :meth:`counts` keeps counting beyond it.
+    At most ``capacity`` rows are kept; :meth:`counts` keeps counting beyond it. With ``agent`` set, only that
+    agent's hits are recorded (a robot's message stream, whose batch's other rows hold no message).
     """
 
-    def __init__(self, capacity: int = 200_000) -> None:
+    def __init__(self, capacity: int = 200_000, agent: int | None = None) -> None:
         self.capacity = capacity
+        self.agent = agent
         self._chunks: list[tuple[str, str, np.ndarray]] = []
         self._rows = 0
         self.dropped = 0
@@ -113,6 +115,9 @@ class EventLog:
     ) -> None:
         """Record the hits ``hit [E, N]`` with magnitudes ``mag [E, N]`` at the given steps."""
         env_idx, agent_idx = np.nonzero(hit)
+        if self.agent is not None:
+            mine = agent_idx == self.agent
+            env_idx, agent_idx = env_idx[mine], agent_idx[mine]
         n = len(env_idx)
         if n == 0:
             return

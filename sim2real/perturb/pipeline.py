@@ -29,7 +29,11 @@ def _stage(p: Perturbation) -> str:
 
 
 class Pipeline:
-    """The bound perturbations of one spec; ``seed`` (or the spec's) seeds each one independently."""
+    """The bound perturbations of one spec; ``seed`` (or the spec's) seeds each one independently.
+
+    ``log_capacity`` and ``log_agent`` configure the ground truth (:class:`EventLog`): rows kept, and the one
+    agent whose hits it records (None: all).
+    """
 
     def __init__(
         self,
@@ -37,10 +41,11 @@ class Pipeline:
         ctx: Context,
         seed: int | None = None,
         log_capacity: int = 200_000,
+        log_agent: int | None = None,
     ) -> None:
         self.spec = parse_spec(spec)
         self.ctx = ctx
-        self.log = EventLog(log_capacity)
+        self.log = EventLog(log_capacity, log_agent)
         self.items = [KINDS[s.kind](s, i) for i, s in enumerate(self.spec.perturbations)]
         self.by_stage: dict[str, list[Perturbation]] = {}
         for p in self.items:

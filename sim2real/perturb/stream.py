@@ -5,8 +5,9 @@ code on a ``[1, num_agents, D]`` buffer whose row ``agent`` holds the message, s
 built from the same spec and seed draws the same agent selection (``random:K`` picks the same robots on
 all of them), and a robot's stream gets exactly the values agent ``agent`` of a one-env
 :class:`~sim2real.perturb.wrapper.PerturbedEnv` with that seed would get. One call is one step (one
-message at the nominal rate). Dynamics kinds need the simulator and are rejected here (the bench applies
-them in the sim bridge); adversarial malicious agents need the whole swarm's observations.
+message at the nominal rate). Its ground truth (:attr:`StreamPerturber.log`) records this robot's hits only.
+Dynamics kinds need the simulator and are rejected here (the bench applies them in the sim bridge);
+adversarial malicious agents need the whole swarm's observations.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class StreamPerturber:
         ctx = Context(
             num_envs=1, num_agents=num_agents, obs_layout=layout_from(layout), act_dim=act_dim, dt=1.0, target=target
         )
-        self.pipeline = Pipeline(spec, ctx, seed)
+        self.pipeline = Pipeline(spec, ctx, seed, log_agent=agent)
         for p in self.pipeline.items:
             if p.kind == "agents.malicious" and p.p["mode"] == "adversarial":
                 raise SpecError(f"{p.where}: adversarial malicious agents need the whole swarm; use them in simulation")

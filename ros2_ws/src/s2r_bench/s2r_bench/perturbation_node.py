@@ -1,17 +1,20 @@
 """``perturbation_node``: injects a perturbation spec between the robots' sensors and the policy.
 
 Per robot ``R`` of ``robots``, it proxies ``R/<state_in>`` (``odom_raw``) to ``R/<state_out>`` (``odom``),
-``nav_msgs/Odometry`` best effort (read from and written into the serialized bytes,
-:mod:`sim2real.deploy.cdr`: no deserialization on the control path; frame ids and covariances pass through),
-and, when ``command_in`` is set, ``R/<command_in>`` (``cmd_vel_raw``) to ``R/<command_out>`` (``cmd_vel``),
-``geometry_msgs/TwistStamped`` reliable. Each message goes through
+``nav_msgs/Odometry`` best effort, and, when ``command_in`` is set, ``R/<command_in>`` (``cmd_vel_raw``) to
+``R/<command_out>`` (``cmd_vel``), ``geometry_msgs/TwistStamped`` reliable. Both are read from and written into
+the serialized bytes (:mod:`sim2real.deploy.cdr`: no deserialization on the control path; headers, frame ids,
+covariances and angular rates pass through). Bytes that are not such a message in little-endian CDR are
+passed on untouched, with a throttled error in the log: the proxy hides nothing from the node behind it,
+which has its own checks (the policy node fails safe). Each message goes through
 :class:`sim2real.perturb.stream.StreamPerturber` (the same perturbation objects as the simulator, one call per
 message): odometry as the fields ``position`` [3] (world, m), ``attitude`` [4] (quaternion x, y, z, w;
 renormalised after perturbation), ``velocity`` [3] (world, m/s) and ``gyro`` [3] (body, rad/s), so a
 spec's sensor names (``fields: [position, velocity]``) mean the same as in simulation; commands in the
 policy's action units (``command = offset + scale * action`` from the bundle's contract), so malicious
 ``random`` commands are uniform over the command box. A message the spec drops (dropout, loss bursts) is not
-forwarded; a delayed one carries its original payload under the newest header. ``dynamics.*`` kinds act in
+forwarded; a delayed one carries its original payload under the newest header. The perturbations compute in
+float32, as in simulation; a message they leave as it was goes on byte for byte. ``dynamics.*`` kinds act in
 the simulator and are rejected here.
 
 Ground truth: every ``events_period_s`` (default 0.1 s) the hits since the last report go out on
@@ -35,13 +38,20 @@ from nav_msgs.msg import Odometry
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from s2r_ros.executor import run_node
 from s2r_ros.qos import COMMAND, SENSOR
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
-from sim2real.deploy.cdr import patch_odometry_cdr, read_odometry_cdr
+from sim2real.deploy.cdr import (
+    CdrError,
+    patch_odometry_cdr,
+    patch_twist_stamped_cdr,
+    read_odometry_cdr,
+    read_twist_stamped_cdr,
+)
 from sim2real.deploy.state import RobotState
 from sim2real.export import verify_bundle
 from sim2real.perturb.stream import StreamPerturber
@@ -108,9 +118,8 @@ class PerturbationNode(Node):
             self.create_subscription(Odometry, f"{robot}/{state_in}", on_state, SENSOR, raw=True)
             self.state_publishers.append(self.create_publisher(Odometry, f"{robot}/{state_out}", SENSOR))
             if command_in:
-                self.create_subscription(
-                    TwistStamped, f"{robot}/{command_in}", partial(self._on_command, agent), COMMAND
-                )
+                on_command = partial(self._on_command, agent)
+                self.create_subscription(TwistStamped, f"{robot}/{command_in}", on_command, COMMAND, raw=True)
                 self.command_publishers.append(self.create_publisher(TwistStamped, f"{robot}/{command_out}", COMMAND))
         self.events_publisher = self.create_publisher(String, EVENTS_TOPIC, EVENTS)
         events_period_s = self.declare_parameter("events_period_s", 0.1).value
@@ -119,27 +128,48 @@ class PerturbationNode(Node):
         self.create_timer(events_period_s, self._publish_events)
         self.create_service(SetBool, "~/set_enabled", self._on_set_enabled)
         explained = "; ".join(self.perturbers[0].pipeline.explain()) or "nothing (pass-through)"
-        self.get_logger().info(f"{', '.join(self.robots)}: {state_in} -> {state_out}: {explained}")
+        hops = f"{state_in} -> {state_out}" + (f", {command_in} -> {command_out}" if command_in else "")
+        self.get_logger().info(f"{', '.join(self.robots)}: {hops}: {explained}")
 
     def _on_state(self, agent: int, data: bytes) -> None:
         """Robot ``agent``'s serialized odometry: perturbed, forwarded as bytes (or dropped)."""
-        state = read_odometry_cdr(data, self.twist_frame)
-        out = self.perturbers[agent].observe(state_vector(state))
+        try:
+            state = read_odometry_cdr(data, self.twist_frame)
+        except CdrError as err:
+            self._pass_unread(agent, self.state_publishers[agent], data, err)
+            return
+        vector = state_vector(state)
+        out = self.perturbers[agent].observe(vector)
         self._report(agent, "state")
         if out is None:
+            return
+        if np.array_equal(out, vector.astype(out.dtype)):  # untouched: no float32 round trip
+            self.state_publishers[agent].publish(data)
             return
         perturbed = vector_state(out, state.stamp_ns)
         self.state_publishers[agent].publish(patch_odometry_cdr(data, perturbed, self.twist_frame))
 
-    def _on_command(self, agent: int, msg: TwistStamped) -> None:
-        t = msg.twist.linear
-        action = (np.array([t.x, t.y, t.z]) - self.offset) / self.scale
+    def _on_command(self, agent: int, data: bytes) -> None:
+        """Robot ``agent``'s serialized velocity command: perturbed in action units, forwarded as bytes (or dropped)."""
+        try:
+            linear, _, _ = read_twist_stamped_cdr(data)
+        except CdrError as err:
+            self._pass_unread(agent, self.command_publishers[agent], data, err)
+            return
+        action = (linear - self.offset) / self.scale
         out = self.perturbers[agent].command(action)
         self._report(agent, "command")
         if out is None:
             return
-        t.x, t.y, t.z = (float(v) for v in self.offset + self.scale * out)
-        self.command_publishers[agent].publish(msg)
+        if np.array_equal(out, action.astype(out.dtype)):  # untouched: no float32 round trip
+            self.command_publishers[agent].publish(data)
+            return
+        self.command_publishers[agent].publish(patch_twist_stamped_cdr(data, self.offset + self.scale * out))
+
+    def _pass_unread(self, agent: int, publisher: Publisher, data: bytes, err: CdrError) -> None:
+        """Forward bytes the node cannot read as they came, and say so (at most once a second)."""
+        publisher.publish(data)
+        self.get_logger().error(f"{self.robots[agent]}: passed on unperturbed: {err}", throttle_duration_sec=1.0)
 
     def _report(self, agent: int, stream: str) -> None:
         """Add the hits the last message added to robot ``agent``'s event log to the next report."""

@@ -50,7 +50,7 @@ from s2r_ros.qos import COMMAND, SENSOR
 from std_msgs.msg import Float32MultiArray
 
 from sim2real.bench.bridge import BridgeSim
-from sim2real.deploy.cdr import OdometryWriter, read_twist_stamped_cdr
+from sim2real.deploy.cdr import CdrError, OdometryWriter, read_twist_stamped_cdr
 from sim2real.deploy.codecs import fill_stamp
 from sim2real.export import verify_bundle
 
@@ -127,8 +127,13 @@ class SimBridgeNode(Node):
         return self.get_clock().now().nanoseconds
 
     def _on_velocity(self, agent: int, data: bytes) -> None:
-        """A serialized ``TwistStamped`` velocity command (raw subscription: no deserialization)."""
-        linear, _, stamp = read_twist_stamped_cdr(data)
+        """A serialized ``TwistStamped`` velocity command (raw subscription: no deserialization); bytes that are
+        not one are rejected like an invalid command."""
+        try:
+            linear, _, stamp = read_twist_stamped_cdr(data)
+        except CdrError as err:
+            self.get_logger().warning(f"{self.robots[agent]}: rejected command: {err}", throttle_duration_sec=1.0)
+            return
         self._on_command(agent, linear, stamp)
 
     def _on_rpm(self, agent: int, msg: Float32MultiArray) -> None:
