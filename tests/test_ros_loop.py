@@ -23,7 +23,8 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 from s2r_bench.perturbation_node import PerturbationNode
-from s2r_ros.qos import SENSOR
+from s2r_bench.sim_bridge_node import SimBridgeNode
+from s2r_ros.qos import COMMAND, SENSOR
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 from typer.testing import CliRunner
@@ -236,6 +237,36 @@ def test_perturbation_node_replaces_one_robots_commands_and_passes_unreadable_by
     assert {(r["robot"], r["stream"], r["kind"]) for r in records} == {("cf2", "command", "agents.malicious")}
     assert sum(r["hits"] for r in records) == replaced.sum()
     assert received["cf1"] == [unreadable] and received["odom"] == [truncated]
+
+
+def test_sim_bridge_rejects_unreadable_commands_and_flies_the_next_good_one() -> None:
+    context = Context()
+    rclpy.init(context=context, domain_id=DOMAIN + 31)
+    parameters = [Parameter("bundle", value=str(BUNDLE)), Parameter("mode", value="lockstep")]
+    bridge = SimBridgeNode(context=context, parameter_overrides=parameters)
+    driver = Node("driver", context=context)
+    command = driver.create_publisher(TwistStamped, "/cf1/cmd_vel", COMMAND)
+    executor = rclpy.executors.SingleThreadedExecutor(context=context)
+    executor.add_node(bridge)
+    executor.add_node(driver)
+    good = TwistStampedWriter("world").encode(np.array([0.1, 0.0, 0.0]), 5)
+    try:
+        deadline = time.monotonic() + 10
+        while command.get_subscription_count() == 0 and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.01)
+        for data in (b"\x00\x00" + good[2:], good[:-8], good):  # big-endian, truncated, good
+            command.publish(data)
+            for _ in range(5):
+                executor.spin_once(timeout_sec=0.01)
+    finally:
+        executor.shutdown()
+        bridge.destroy_node()
+        driver.destroy_node()
+        rclpy.try_shutdown(context=context)
+    assert bridge.sim.rejected_commands == 2
+    box = verify_bundle(BUNDLE)["contract"]["command"]
+    expected = (np.array([0.1, 0.0, 0.0]) - box["offset"]) / np.asarray(box["scale"])
+    np.testing.assert_allclose(bridge.sim.actions[0], expected)
 
 
 def test_closed_loop_holds_four_drones_clean_and_reports_injected_noise(tmp_path: Path) -> None:

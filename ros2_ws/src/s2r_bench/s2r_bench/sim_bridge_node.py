@@ -128,10 +128,11 @@ class SimBridgeNode(Node):
 
     def _on_velocity(self, agent: int, data: bytes) -> None:
         """A serialized ``TwistStamped`` velocity command (raw subscription: no deserialization); bytes that are
-        not one are rejected like an invalid command."""
+        not one are rejected (and counted) like an invalid command."""
         try:
             linear, _, stamp = read_twist_stamped_cdr(data)
         except CdrError as err:
+            self.sim.rejected_commands += 1
             self.get_logger().warning(f"{self.robots[agent]}: rejected command: {err}", throttle_duration_sec=1.0)
             return
         self._on_command(agent, linear, stamp)
