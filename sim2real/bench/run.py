@@ -210,7 +210,14 @@ def run_bench(
         bench.wait_for_output("sim_bridge", "flying", STARTUP_TIMEOUT_S)
         flight_start_ns = time.time_ns()
         steps = max(1, int(duration_s * 10))
-        for _ in tqdm(range(steps), desc=f"bench {scenario.name}", unit="s", unit_scale=0.1, disable=not progress):
+        flight = tqdm(
+            range(steps),
+            desc=f"bench {scenario.name}",
+            unit_scale=duration_s / steps,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]",
+            disable=not progress,
+        )
+        for _ in flight:
             bench.run_for(duration_s / steps)
         domain_id = bench.domain_id
     exits = {
