@@ -214,6 +214,7 @@ def test_perturbation_node_replaces_one_robots_commands_and_passes_unreadable_by
                 executor.spin_once(timeout_sec=0.002)
         spin_until_quiet()
         commands = {robot: [read_twist_stamped_cdr(data) for data in received[robot]] for robot in ("cf1", "cf2")}
+        frames = {deserialize_message(data, TwistStamped).header.frame_id for data in received["cf2"]}
         received["cf1"].clear()
         command_in[0].publish(unreadable)
         odometry_in.publish(truncated)
@@ -227,7 +228,7 @@ def test_perturbation_node_replaces_one_robots_commands_and_passes_unreadable_by
         stamps = np.array([stamp for _, _, stamp in commands[robot]])  # depth-1 queues keep the newest command
         assert len(stamps) >= 0.95 * sent and np.all(np.diff(stamps) > 0) and stamps[0] >= 1000 and stamps[-1] < 1300
         assert all(np.array_equal(angular, [0.0, 0.0, 0.5]) for _, angular, _ in commands[robot])
-    assert all(np.array_equal(linear, velocity) for linear, _, _ in commands["cf1"])
+    assert all(np.array_equal(linear, velocity) for linear, _, _ in commands["cf1"]) and frames == {"world"}
     out = np.array([linear for linear, _, _ in commands["cf2"]])
     replaced = np.any(out != velocity, axis=1)
     assert replaced.mean() == pytest.approx(0.3, abs=0.08)
