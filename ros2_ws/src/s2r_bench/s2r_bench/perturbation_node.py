@@ -76,6 +76,12 @@ def vector_state(vector: np.ndarray, stamp_ns: int) -> RobotState:
     return RobotState(v[0:3], quat / norm if norm > 0 else quat, v[7:10], v[10:13], stamp_ns)
 
 
+def changed(message: np.ndarray, perturbed: np.ndarray) -> bool:
+    """Whether the perturbations changed ``message``: compared at their precision (float32), so a message they
+    left alone is forwarded byte for byte instead of after a float32 round trip."""
+    return not np.array_equal(perturbed, message.astype(perturbed.dtype))
+
+
 class PerturbationNode(Node):
     """The perturbation node; ``kwargs`` go to ``rclpy.node.Node`` (``context``, ``parameter_overrides``...)."""
 
@@ -143,11 +149,9 @@ class PerturbationNode(Node):
         self._report(agent, "state")
         if out is None:
             return
-        if np.array_equal(out, vector.astype(out.dtype)):  # untouched: no float32 round trip
-            self.state_publishers[agent].publish(data)
-            return
-        perturbed = vector_state(out, state.stamp_ns)
-        self.state_publishers[agent].publish(patch_odometry_cdr(data, perturbed, self.twist_frame))
+        if changed(vector, out):
+            data = patch_odometry_cdr(data, vector_state(out, state.stamp_ns), self.twist_frame)
+        self.state_publishers[agent].publish(data)
 
     def _on_command(self, agent: int, data: bytes) -> None:
         """Robot ``agent``'s serialized velocity command: perturbed in action units, forwarded as bytes (or dropped)."""
@@ -161,10 +165,9 @@ class PerturbationNode(Node):
         self._report(agent, "command")
         if out is None:
             return
-        if np.array_equal(out, action.astype(out.dtype)):  # untouched: no float32 round trip
-            self.command_publishers[agent].publish(data)
-            return
-        self.command_publishers[agent].publish(patch_twist_stamped_cdr(data, self.offset + self.scale * out))
+        if changed(action, out):
+            data = patch_twist_stamped_cdr(data, self.offset + self.scale * out)
+        self.command_publishers[agent].publish(data)
 
     def _pass_unread(self, agent: int, publisher: Publisher, data: bytes, err: CdrError) -> None:
         """Forward bytes the node cannot read as they came, and say so (at most once a second)."""
