@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
-from geometry_msgs.msg import TwistStamped
+from geometry_msgs.msg import PoseStamped, TwistStamped
 from nav_msgs.msg import Odometry
 from rclpy.context import Context
 from rclpy.node import Node
@@ -270,6 +270,47 @@ def test_sim_bridge_rejects_unreadable_commands_and_flies_the_next_good_one() ->
     np.testing.assert_allclose(bridge.sim.actions[0], expected)
 
 
+def test_sim_bridge_holds_until_the_recorder_subscribes_to_the_commands() -> None:
+    """With ``min_command_subscribers: 2`` the bridge holds the drones until a second node (the bench's
+    recorder) subscribes to every command topic: a recording that joins late would miss the first commands."""
+    context = Context()
+    rclpy.init(context=context, domain_id=DOMAIN + 32)
+    parameters = [Parameter("bundle", value=str(BUNDLE)), Parameter("min_command_subscribers", value=2)]
+    bridge = SimBridgeNode(context=context, parameter_overrides=parameters)
+    driver = Node("driver", context=context)
+    for robot in bridge.robots:  # the policy's side: states and goals read, commands published
+        driver.create_subscription(Odometry, f"/{robot}/odom", lambda _: None, SENSOR)
+        driver.create_subscription(PoseStamped, f"/{robot}/goal", lambda _: None, COMMAND)
+        driver.create_publisher(TwistStamped, f"/{robot}/cmd_vel", COMMAND)
+    recorder = Node("late_recorder", context=context)
+    executor = rclpy.executors.SingleThreadedExecutor(context=context)
+    for node in (bridge, driver, recorder):
+        executor.add_node(node)
+
+    def spin(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not bridge.flying and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.01)
+
+    try:
+        spin(2.0)  # everything but the second command subscriber connects well within this
+        held, waiting = bridge.flying, bridge._unconnected()
+        for robot in bridge.robots[:-1]:
+            recorder.create_subscription(TwistStamped, f"/{robot}/cmd_vel", lambda _: None, COMMAND)
+        spin(1.0)
+        held_one_short = bridge.flying
+        recorder.create_subscription(TwistStamped, f"/{bridge.robots[-1]}/cmd_vel", lambda _: None, COMMAND)
+        spin(5.0)
+    finally:
+        executor.shutdown()
+        for node in (bridge, driver, recorder):
+            node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    assert not held and waiting == [f"/{robot}/cmd_vel" for robot in bridge.robots], waiting
+    assert not held_one_short
+    assert bridge.flying
+
+
 def test_closed_loop_holds_four_drones_clean_and_reports_injected_noise(tmp_path: Path) -> None:
     """Clean: every drone within 10 cm of its target over the last 10 s. Noise: the events are reported."""
     clean = run_bench(
@@ -319,6 +360,7 @@ def test_lock_step_bench_answers_every_state_and_holds_the_drones(tmp_path: Path
     steps = round(summary["simulated_s"] * 30)  # stamps are simulated time: 1/30 s per step
     assert steps > 30 and summary["overall"]["latency_ms"]["count"] == 0  # no wall-clock latency in lock step
     for robot, metrics in summary["robots"].items():
-        assert metrics["commands"]["answered"] >= 0.97 * steps, (robot, metrics["commands"], steps)
+        recorded = {topic: summary["topics"][f"/{robot}/{topic}"] for topic in ("odom", "cmd_vel")}
+        assert metrics["commands"]["answered"] >= 0.97 * steps, (robot, metrics["commands"], steps, recorded)
         assert metrics["tracking_error"]["max_m"] < 0.10, (robot, metrics["tracking_error"])
     assert summary["overall"]["failsafe_entries"] == 0 and summary["overall"]["collisions"] == 0

@@ -166,6 +166,7 @@ def run_bench(
                 "dynamics": json.dumps(dynamics) if dynamics else "",
                 "rate_hz": float(rate_hz or 0.0),
                 "min_state_subscribers": 2,  # its consumer and the recorder
+                "min_command_subscribers": 2,  # the bridge and the recorder: no command goes unrecorded
             },
             out_dir,
         ),

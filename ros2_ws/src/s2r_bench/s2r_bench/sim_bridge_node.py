@@ -26,8 +26,9 @@ goes out before the states it belongs to); commands are still timed out on the w
 Start-up: with ``hold_until_connected`` (default true) the simulation stands still, the robots held at their
 initial states (published at the control rate, so nothing goes stale), until every robot's state topic has
 ``min_state_subscribers`` matched subscribers (default 1: the policy or the perturbation node; the bench adds
-its recorder), its goal topic a subscriber and its command topic a publisher, or ``connect_timeout_s`` has
-passed (then it warns what is missing). It logs
+its recorder), its goal topic a subscriber, its command topic a publisher and ``min_command_subscribers``
+subscribers on the graph, the bridge's own included (default 1; the bench: 2, so its recorder has subscribed to
+the commands too), or ``connect_timeout_s`` has passed (then it warns what is missing). It logs
 ``flying`` when the simulation starts: a bench measures from there, and its recording misses nothing.
 """
 
@@ -114,6 +115,7 @@ class SimBridgeNode(Node):
         self.command_subscriptions = subscriptions
         self.flying = not self.declare_parameter("hold_until_connected", True).value
         self.min_state_subscribers = self.declare_parameter("min_state_subscribers", 1).value
+        self.min_command_subscribers = self.declare_parameter("min_command_subscribers", 1).value
         self.connect_deadline_ns = self._now_ns() + int(self.declare_parameter("connect_timeout_s", 30.0).value * 1e9)
         period = 1.0 / self.sim.ctrl_freq
         self.create_timer(period if self.mode == "realtime" else period / 4, self._on_timer)
@@ -163,7 +165,11 @@ class SimBridgeNode(Node):
         needed = self.min_state_subscribers
         waiting = [p.topic_name for p in self.state_publishers if p.get_subscription_count() < needed]
         waiting += [p.topic_name for p in self.goal_publishers if not p.get_subscription_count()]
-        return waiting + [s.topic_name for s in self.command_subscriptions if not s.get_publisher_count()]
+        for subscription in self.command_subscriptions:
+            topic = subscription.topic_name
+            if not subscription.get_publisher_count() or self.count_subscribers(topic) < self.min_command_subscribers:
+                waiting.append(topic)
+        return waiting
 
     def _hold(self, now: int) -> None:
         """Publish the held initial states until everything is connected (or the timeout), then start flying."""
