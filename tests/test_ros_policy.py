@@ -286,6 +286,44 @@ def test_controller_flies_with_the_policy_and_the_watchdog_holds_silent_robots(v
     assert controller.status(0, later).values["entries_stale"] == "1"
 
 
+class CountedPolicy:
+    """An ``OnnxPolicy`` that records the batch size of every ``command`` call."""
+
+    def __init__(self, policy: OnnxPolicy) -> None:
+        self.policy, self.contract, self.batches = policy, policy.contract, []
+
+    def command(self, obs: np.ndarray, agent_ids: list[int]) -> np.ndarray:
+        self.batches.append(len(agent_ids))
+        return self.policy.command(obs, agent_ids=agent_ids)
+
+
+def test_controller_steps_a_burst_of_states_in_one_inference_as_one_by_one(vel_bundle: Path) -> None:
+    """``on_states`` gives each robot the command ``on_state`` gives once every state of the burst is in, from
+    one policy call; a robot with a NaN state fails safe without holding the others back."""
+    now = 5_000_000_000
+    states = {0: robot_state(30, now), 1: robot_state(31, now)}
+    batched_policy = CountedPolicy(OnnxPolicy(vel_bundle))
+    batched = SwarmController(batched_policy, targets=TARGETS, stale_timeout_s=0.1).on_states(states, now + 1_000)
+    one_by_one = SwarmController(OnnxPolicy(vel_bundle), targets=TARGETS, stale_timeout_s=0.1)
+    for agent, state in states.items():
+        one_by_one.state.update(agent, state)
+    singles = [one_by_one.on_state(agent, state, now + 1_000) for agent, state in states.items()]
+    assert batched_policy.batches == [2] and [c.agent for c in batched] == [0, 1]
+    for got, single in zip(batched, singles, strict=True):
+        assert got.stamp_ns == now and got.guarded.fault is None
+        np.testing.assert_allclose(got.guarded.command, single.guarded.command, atol=1e-6)
+
+    period = round(1e9 / 30)
+    broken = robot_state(32, now + period)
+    broken.ang_vel_body[:] = np.nan  # its own field: the neighbours do not observe it
+    batched = SwarmController(batched_policy, targets=TARGETS, stale_timeout_s=0.1)
+    batched_policy.batches.clear()
+    out = batched.on_states({1: broken, 0: robot_state(33, now + period)}, now + period)
+    assert [c.agent for c in out] == [1, 0] and batched_policy.batches == [1]
+    assert out[0].guarded.fault == "obs_not_finite" and out[1].guarded.fault is None
+    assert batched.on_states({0: robot_state(34, now + period)}, now + period) == []  # not due again yet
+
+
 def test_rpm_commands_are_a_labelled_float32_array() -> None:
     msg = rpm_message(np.array([14000.5, 14001.0, 13999.0, 14468.0]), ("m1", "m2", "m3", "m4"))
     (dim,) = msg.layout.dim
@@ -426,6 +464,26 @@ def test_policy_node_publishes_the_command_onnx_policy_computes(vel_bundle: Path
     last = np.stack([linear(h.reply("cf1", t0 + 2 * period)), linear(h.reply("cf2", t0 + period))])
     new_targets = np.array([TARGETS[0], [1.5, -1.0, 0.8]])
     np.testing.assert_allclose(linear(got), expected(1, [cf1_next, cf2_next], last, new_targets), atol=1e-5)
+
+
+def test_policy_node_steps_odometry_that_arrived_together_in_one_inference(vel_bundle: Path, harness_factory) -> None:
+    """Both robots' odometry waiting at once: the first callback takes the other's too, one policy call
+    answers both, each command carries its own odometry's stamp."""
+    h = harness_factory(3, vel_bundle, targets=TARGETS.ravel().tolist(), stale_timeout_s=5.0)
+    policy = CountedPolicy(h.policy_node.controller.policy)
+    h.policy_node.controller.policy = policy
+    t0 = h.now_ns()
+    states = {"cf1": robot_state(40, t0), "cf2": robot_state(41, t0 + 1)}
+    for robot, state in states.items():
+        h.odom_publishers[robot].publish(h.odometry(robot, state))
+    time.sleep(0.2)  # both samples are in the node's readers before it spins
+    assert h.spin_until(lambda: all(h.reply(r, s.stamp_ns) for r, s in states.items()), 10.0)
+    assert policy.batches == [2]
+    expected = SwarmController(OnnxPolicy(vel_bundle), targets=TARGETS).on_states(
+        {0: states["cf1"], 1: states["cf2"]}, t0 + 2
+    )
+    for robot, command in zip(states, expected, strict=True):
+        np.testing.assert_allclose(linear(h.reply(robot, states[robot].stamp_ns)), command.guarded.command, atol=1e-5)
 
 
 def test_policy_node_fails_safe_on_silence_and_nan_and_recovers(vel_bundle: Path, harness_factory) -> None:

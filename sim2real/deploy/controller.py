@@ -1,15 +1,15 @@
 """The swarm controller: robot states in, guarded commands out, for one exported drone policy.
 
-The ROS 2 policy node calls :meth:`SwarmController.on_state` for every state message, publishes the
-commands it returns with the returned stamp, calls :meth:`SwarmController.watchdog` at the control rate and
-publishes those too, and reports :meth:`SwarmController.status` as diagnostics.
+The ROS 2 policy node calls :meth:`SwarmController.on_states` with the state messages that have arrived,
+publishes the commands it returns with the returned stamps, calls :meth:`SwarmController.watchdog` at the
+control rate and publishes those too, and reports :meth:`SwarmController.status` as diagnostics.
 
-Control is event-driven: a robot's state arrival steps that robot's policy at once (one onnxruntime call
-with its agent id; the neighbours are the other robots' latest states), decimated to the control rate by
-:class:`ControlSchedule`. Compared with a control timer this adds no wait for the next tick (up to one
-period of latency, ``shared/research/ros2.md`` section 4.2 and pitfall 10) and follows a simulator's clock
-in lock step. Silence cannot trigger an event, so the watchdog, on a timer, sends the safe command to
-robots whose state is missing or stale.
+Control is event-driven: a robot's state arrival steps that robot's policy at once (one onnxruntime call for
+it and every robot whose state arrived with it; the neighbours are the other robots' latest states),
+decimated to the control rate by :class:`ControlSchedule`. Compared with a control timer this adds no wait for
+the next tick (up to one period of latency, ``shared/research/ros2.md`` section 4.2 and pitfall 10) and
+follows a simulator's clock in lock step. Silence cannot trigger an event, so the watchdog, on a timer, sends
+the safe command to robots whose state is missing or stale.
 """
 
 from __future__ import annotations
@@ -104,13 +104,32 @@ class SwarmController:
 
     def on_state(self, agent: int, state: RobotState, now_ns: int) -> AgentCommand | None:
         """Store robot ``agent``'s new state; step its policy if the schedule says so (else None)."""
-        self.state.update(agent, state)
-        if not self.schedule.due(agent, state.stamp_ns):
-            return None
-        obs = self.observer.observe(self.state, self.targets, self.last_action)[agent]
-        fault = self.failsafe.input_fault(self.state.age_s(agent, now_ns), self.has_target(agent), obs)
-        command = None if fault else self.policy.command(obs[None], agent_ids=[agent])[0]
-        return self._send(agent, fault, command, state.stamp_ns)
+        commands = self.on_states({agent: state}, now_ns)
+        return commands[0] if commands else None
+
+    def on_states(self, states: dict[int, RobotState], now_ns: int) -> list[AgentCommand]:
+        """Store new states of several robots (agent -> state) at once; step the policy of those the schedule
+        says are due, in one observation pass and one onnxruntime call, and return their commands in the
+        order of ``states``.
+
+        Every due robot observes all the new states, its neighbours' included: a burst of states that
+        arrived together (a swarm driver publishes all robots at once) costs one inference, not one per robot.
+        """
+        for agent, state in states.items():
+            self.state.update(agent, state)
+        due = [agent for agent, state in states.items() if self.schedule.due(agent, state.stamp_ns)]
+        if not due:
+            return []
+        obs = self.observer.observe(self.state, self.targets, self.last_action)
+        faults = [self.failsafe.input_fault(self.state.age_s(a, now_ns), self.has_target(a), obs[a]) for a in due]
+        flying = [agent for agent, fault in zip(due, faults, strict=True) if fault is None]
+        commands = {}
+        if flying:
+            commands = dict(zip(flying, self.policy.command(obs[flying], agent_ids=flying), strict=True))
+        return [
+            self._send(agent, fault, commands.get(agent), states[agent].stamp_ns)
+            for agent, fault in zip(due, faults, strict=True)
+        ]
 
     def watchdog(self, now_ns: int) -> list[AgentCommand]:
         """Safe commands stamped ``now_ns`` for robots whose state is missing or stale; call at the control rate."""

@@ -1,18 +1,18 @@
 """Record the topics of a bench run into a rosbag2 MCAP directory, without rosbag2.
 
 The node polls the graph every ``discovery_period_s`` and, for each wanted topic that has a publisher,
-subscribes with ``raw=True`` (CDR bytes, never deserialised) and hands the bytes to the pure-Python ``rosbags``
-rosbag2 writer (MCAP storage, Kilted typestore). The bag opens with ``rosbags``, ``mcap`` + ``mcap-ros2-support``
-and ``ros2 bag``.
+subscribes with ``raw=True`` (CDR bytes, never deserialised). Every ``take_period_s`` it takes what has arrived
+on each subscription and hands the bytes to the pure-Python ``rosbags`` rosbag2 writer (MCAP storage, Kilted
+typestore). The bag opens with ``rosbags``, ``mcap`` + ``mcap-ros2-support`` and ``ros2 bag``.
 
-- Executor: ``s2r_ros.executor`` (the EventsExecutor where rclpy has it, spun with ``spin_once``). It records
-  1300 messages/s (the 4-drone bench at 100 Hz) on 12-19 % of a core, where rclpy's single-threaded executor
-  took 40-60 % and starved the control loop it measures (commands fell to 87 % of their rate); measured on this
-  project's 2-core machine.
-- Timestamp of each record: the time the recorder's callback runs (``time.time_ns()``), in ns on the host's wall
-  clock (CLOCK_REALTIME), never sim time. The EventsExecutor of rclpy 9.1.2 (Kilted wheels) cannot deliver
-  ``MessageInfo`` and its middleware receive time, so a record's time is at or after the sample's arrival:
-  latencies computed against it are upper bounds that include the recorder's own queueing.
+- Taking in batches: the subscriptions belong to a second node that no executor spins, so no message wakes the
+  recorder; the samples wait in the middleware (KEEP_LAST ``qos_depth`` per topic) until the next take. The
+  recorder wakes ``1 / take_period_s`` times a second instead of once per message (1300 messages/s on the
+  4-drone bench at 100 Hz), which leaves the cores to the control loop it measures.
+- Timestamp of each record: the middleware's receive time of the sample (``MessageInfo.received_timestamp``,
+  CLOCK_REALTIME, set by Fast DDS when the sample arrives in this process), never sim time, so the recorder's
+  own queueing is not part of it; ``time.time_ns()`` at the take where an rmw leaves it at 0. Records go into
+  the bag in receive-time order across topics.
 - QoS of a recording subscription: decided when the topic's first publisher is seen. RELIABLE only if every
   publisher is reliable (a reliable reader cannot match a best-effort writer), TRANSIENT_LOCAL only if every
   publisher is, KEEP_LAST ``qos_depth``.
@@ -22,13 +22,15 @@ and ``ros2 bag``.
   ignored, so it is always readable; only SIGKILL (or a crash) can leave an unreadable bag.
 
 Parameters: ``output_dir`` (str, the bag directory to create), ``topics`` (string array), ``topic_regex``,
-``exclude_regex`` (str), ``discovery_period_s`` (float, s), ``qos_depth`` (int). See ``config/recorder.yaml``.
+``exclude_regex`` (str), ``discovery_period_s``, ``take_period_s`` (float, s), ``qos_depth`` (int). See
+``config/recorder.yaml``.
 
 Run: ``python -m s2r_bench.recorder_node --ros-args -p output_dir:=runs/x/bag`` or ``s2r_bench_recorder ...``.
 """
 
 from __future__ import annotations
 
+import bisect
 import importlib
 import re
 import signal
@@ -41,6 +43,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.subscription import Subscription
+from rosbags.interfaces import Connection
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, TypesysError, get_typestore
 from s2r_ros.executor import run_node
@@ -52,6 +55,10 @@ def message_class(msgtype: str) -> type:
     """The Python message class of a ROS type name such as ``std_msgs/msg/String``."""
     package, kind, name = msgtype.split("/")
     return getattr(importlib.import_module(f"{package}.{kind}"), name)
+
+
+def _never_called(_: bytes) -> None:
+    """The callback rclpy requires of a subscription whose samples are taken, not delivered."""
 
 
 def recording_qos(publisher_qos: list[QoSProfile], depth: int) -> QoSProfile:
@@ -81,16 +88,24 @@ class RecorderNode(Node):
         self._exclude = re.compile(self.declare_parameter("exclude_regex", "^/(rosout|parameter_events)$").value)
         self._depth = int(self.declare_parameter("qos_depth", 100).value)
         discovery_period_s = float(self.declare_parameter("discovery_period_s", 0.1).value)
+        take_period_s = float(self.declare_parameter("take_period_s", 0.01).value)
+        if not (discovery_period_s > 0 and take_period_s > 0):
+            raise ValueError(
+                f"discovery_period_s ({discovery_period_s}) and take_period_s ({take_period_s}) must be > 0 s"
+            )
 
         output_dir.parent.mkdir(parents=True, exist_ok=True)
         self._typestore = get_typestore(Stores.ROS2_KILTED)
         self._writer = Writer(output_dir, version=BAG_VERSION, storage_plugin=StoragePlugin.MCAP)
         self._writer.open()
         self._output_dir = output_dir
-        self._recording: dict[str, Subscription] = {}
+        self._subscriber = Node(f"{self.get_name()}_subscriptions", context=self.context)  # never spun
+        self._recording: dict[str, tuple[Subscription, Connection]] = {}
         self._skipped: set[str] = set()
+        self._pending: list[tuple[int, Connection, bytes]] = []  # taken, not yet written: (receive ns, ...)
         self.message_count = 0
         self.create_timer(discovery_period_s, self._discover)
+        self.create_timer(take_period_s, self._take)
         self._discover()
         self.get_logger().info(f"recording to {output_dir}")
 
@@ -123,12 +138,29 @@ class RecorderNode(Node):
             self._skipped.add(topic)
             return
 
-        def on_message(data: bytes) -> None:
-            self._writer.write(connection, time.time_ns(), data)
-            self.message_count += 1
-
-        self._recording[topic] = self.create_subscription(msg_class, topic, on_message, qos, raw=True)
+        # no callback runs: the node is never spun and _take takes the samples
+        subscription = self._subscriber.create_subscription(msg_class, topic, _never_called, qos, raw=True)
+        self._recording[topic] = (subscription, connection)
         self.get_logger().info(f"recording {topic} [{msgtype}] {qos.reliability.name} {qos.durability.name}")
+
+    def _take(self, flush: bool = False) -> None:
+        """Write what has arrived, in receive-time order across topics.
+
+        A sample received before this take started is taken by it, since every take comes after; one received
+        later may still be overtaken by a sample of another topic taken next time, so it waits for that take
+        (``flush`` writes everything).
+        """
+        started_ns = time.time_ns()
+        for subscription, connection in self._recording.values():
+            while (taken := subscription.handle.take_message(subscription.msg_type, True)) is not None:
+                data, info = taken
+                self._pending.append((info["received_timestamp"] or time.time_ns(), connection, data))
+        self._pending.sort(key=lambda record: record[0])
+        ready = len(self._pending) if flush else bisect.bisect_left(self._pending, started_ns, key=lambda r: r[0])
+        for received_ns, connection, data in self._pending[:ready]:
+            self._writer.write(connection, received_ns, data)
+        self.message_count += ready
+        del self._pending[:ready]
 
     def destroy_node(self) -> None:
         """Close the bag (footer and ``metadata.yaml``), ignoring further SIGINT/SIGTERM meanwhile, then the node."""
@@ -140,9 +172,9 @@ class RecorderNode(Node):
 
     def close(self) -> None:
         """Write the bag's footer and ``metadata.yaml``; no message is recorded afterwards."""
-        for subscription in self._recording.values():
-            self.destroy_subscription(subscription)
+        self._take(flush=True)
         self._recording.clear()
+        self._subscriber.destroy_node()
         self._writer.close()
         # not the node's logger: after a signal the context is shut down and its /rosout publisher is gone
         rclpy.logging.get_logger("s2r_bench.recorder").info(f"closed {self._output_dir}: {self.message_count} messages")

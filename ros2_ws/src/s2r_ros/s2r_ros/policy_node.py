@@ -16,7 +16,10 @@ Per robot ``R`` in the ``robots`` parameter (crazyswarm2-style names, relative t
 
 and publishes one ``diagnostic_msgs/DiagnosticStatus`` per robot on ``/diagnostics`` (hardware_id = robot).
 Control is event-driven on odometry arrival, decimated to the policy's control rate; the failsafe, clamp and
-rate limit are ``sim2real.deploy`` (see ``SwarmController``). Parameters: ``config/policy.yaml``.
+rate limit are ``sim2real.deploy`` (see ``SwarmController``). An odometry callback also takes the other robots'
+odometry that has arrived meanwhile (a swarm driver publishes all robots at once) and steps them together: one
+observation pass and one onnxruntime call for the burst instead of one per robot, so the last robot's command
+does not wait for the others' inferences. Parameters: ``config/policy.yaml``.
 
 Odometry that cannot be read (not little-endian CDR) is ignored, with an error logged at most once per
 ``log_period_s``: the robot then goes stale and fails safe. Failsafe changes are logged at most once per
@@ -48,6 +51,7 @@ from sim2real.deploy import AgentCommand, SwarmController
 from sim2real.deploy.cdr import CdrError, TwistStampedWriter, read_odometry_cdr
 from sim2real.deploy.codecs import TWIST_FRAMES, fill_stamp, read_position
 from sim2real.deploy.failsafe import STARTUP_FAULTS, GuardedCommand
+from sim2real.deploy.state import RobotState
 from sim2real.export import OnnxPolicy, verify_bundle
 from sim2real.export.bundle import POLICY_FILE
 
@@ -115,10 +119,11 @@ class PolicyNode(Node):
         goal_topic = self.declare_parameter("goal_topic", "goal").value
         command_topic = self.declare_parameter("command_topic", COMMAND_TOPICS[self.spec.action_type]).value
         message_type = TwistStamped if self.spec.action_type == "vel" else Float32MultiArray
-        self.command_publishers = []
+        self.command_publishers, self.odometry_subscriptions = [], []
         for agent, robot in enumerate(self.robots):
             on_odometry = partial(self._on_odometry, agent)
-            self.create_subscription(Odometry, f"{robot}/{state_topic}", on_odometry, SENSOR, raw=True)
+            subscription = self.create_subscription(Odometry, f"{robot}/{state_topic}", on_odometry, SENSOR, raw=True)
+            self.odometry_subscriptions.append(subscription)
             if goal_topic:
                 self.create_subscription(PoseStamped, f"{robot}/{goal_topic}", partial(self._on_goal, agent), COMMAND)
             self.command_publishers.append(self.create_publisher(message_type, f"{robot}/{command_topic}", COMMAND))
@@ -144,15 +149,24 @@ class PolicyNode(Node):
         return self.get_clock().now().nanoseconds
 
     def _on_odometry(self, agent: int, data: bytes) -> None:
+        """Robot ``agent``'s serialized odometry and the other robots' that has arrived: stepped together."""
+        states: dict[int, RobotState] = {}
+        self._read_odometry(agent, data, states)
+        for other, subscription in enumerate(self.odometry_subscriptions):
+            if other != agent:  # taken here, it is not delivered to its own callback
+                while (taken := subscription.handle.take_message(subscription.msg_type, True)) is not None:
+                    self._read_odometry(other, taken[0], states)
+        for out in self.controller.on_states(states, self._now_ns()) if states else ():
+            self._publish(out)
+
+    def _read_odometry(self, agent: int, data: bytes, states: dict[int, RobotState]) -> None:
+        """Add robot ``agent``'s state to ``states``; unreadable odometry counts as none (the watchdog fails the
+        robot safe when it goes stale)."""
         try:
-            state = read_odometry_cdr(data, self.twist_frame)
-        except CdrError as err:  # unreadable odometry counts as none: the watchdog fails safe when it goes stale
+            states[agent] = read_odometry_cdr(data, self.twist_frame)
+        except CdrError as err:
             logger = self.get_logger()
             logger.error(f"{self.robots[agent]}: odometry ignored: {err}", throttle_duration_sec=self.log_period_s)
-            return
-        out = self.controller.on_state(agent, state, self._now_ns())
-        if out is not None:
-            self._publish(out)
 
     def _on_goal(self, agent: int, msg: PoseStamped) -> None:
         self.controller.set_target(agent, read_position(msg))
