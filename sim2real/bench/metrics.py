@@ -16,8 +16,8 @@ Definitions:
 - **Latency** (ms): the policy node copies the stamp of the odometry that produced a command into the command's
   header. Latency = the command's receive time in the bag - its ``header.stamp``. Both are on the same host's wall
   clock (CLOCK_REALTIME; the stamping node must not use sim time), so this is observation stamp -> command
-  arrival, including every hop in between. The bench recorder's receive time is when its callback ran, at or
-  after the arrival: an upper bound that includes the recorder's queueing. Only the first command
+  arrival, including every hop in between. The bench recorder's receive time is the middleware's receive time
+  of the sample in the recorder's process, so the recorder's own queueing is not in it. Only the first command
   with a given stamp counts (later ones are ``repeated``, e.g. a command held by a failsafe); when the robot's
   observations are in the bag, a command whose stamp matches no observation (the watchdog's safe commands,
   stamped with the time they were sent) is ``unmatched`` and not a latency sample. Commands without a header
