@@ -62,6 +62,7 @@ def read_with_mcap(bag: Path) -> dict[str, list]:
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_recorder_bag_of_isolated_run_reads_back_independently(tmp_path: Path, stop_signal: signal.Signals) -> None:
     bag = tmp_path / "run" / "bag"
+    started_ns = time.time_ns()
     with BenchLauncher(tmp_path / "other") as other, BenchLauncher(tmp_path / "run") as bench:
         assert other.domain_id != bench.domain_id
         other.start(talker_spec("outsider"))  # same topics, another domain: must never see the recorder
@@ -93,6 +94,12 @@ def test_recorder_bag_of_isolated_run_reads_back_independently(tmp_path: Path, s
     assert all(o.pose.pose.position.x == o.header.stamp.sec / 2 for o in odometry)
     metadata = (bag / "metadata.yaml").read_text()
     assert "storage_identifier: mcap" in metadata and f"message_count: {COUNT + len(odometry)}" in metadata
+    from mcap.reader import make_reader
+
+    (mcap_file,) = bag.glob("*.mcap")
+    with open(mcap_file, "rb") as f:  # records are written in receive-time order, times on the host's clock
+        times = [message.log_time for _, _, message in make_reader(f).iter_messages(log_time_order=False)]
+    assert times == sorted(times) and started_ns < times[0] and times[-1] < time.time_ns()
 
 
 def test_launcher_isolates_each_run_in_a_locked_domain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

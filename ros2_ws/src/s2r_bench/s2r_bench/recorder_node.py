@@ -143,24 +143,30 @@ class RecorderNode(Node):
         self._recording[topic] = (subscription, connection)
         self.get_logger().info(f"recording {topic} [{msgtype}] {qos.reliability.name} {qos.durability.name}")
 
-    def _take(self, flush: bool = False) -> None:
+    def _take(self) -> None:
         """Write what has arrived, in receive-time order across topics.
 
         A sample received before this take started is taken by it, since every take comes after; one received
-        later may still be overtaken by a sample of another topic taken next time, so it waits for that take
-        (``flush`` writes everything).
+        later may still be overtaken by a sample of another topic taken next time, so it waits for that take.
         """
         started_ns = time.time_ns()
+        self._collect()
+        self._write(bisect.bisect_left(self._pending, started_ns, key=lambda record: record[0]))
+
+    def _collect(self) -> None:
+        """Move every sample waiting in the recording subscriptions to ``_pending``, sorted by receive time."""
         for subscription, connection in self._recording.values():
             while (taken := subscription.handle.take_message(subscription.msg_type, True)) is not None:
                 data, info = taken
                 self._pending.append((info["received_timestamp"] or time.time_ns(), connection, data))
         self._pending.sort(key=lambda record: record[0])
-        ready = len(self._pending) if flush else bisect.bisect_left(self._pending, started_ns, key=lambda r: r[0])
-        for received_ns, connection, data in self._pending[:ready]:
+
+    def _write(self, count: int) -> None:
+        """Write the first ``count`` pending samples to the bag."""
+        for received_ns, connection, data in self._pending[:count]:
             self._writer.write(connection, received_ns, data)
-        self.message_count += ready
-        del self._pending[:ready]
+        self.message_count += count
+        del self._pending[:count]
 
     def destroy_node(self) -> None:
         """Close the bag (footer and ``metadata.yaml``), ignoring further SIGINT/SIGTERM meanwhile, then the node."""
@@ -172,12 +178,17 @@ class RecorderNode(Node):
 
     def close(self) -> None:
         """Write the bag's footer and ``metadata.yaml``; no message is recorded afterwards."""
-        self._take(flush=True)
+        # not the node's logger: after a signal the context is shut down and its /rosout publisher is gone
+        logger = rclpy.logging.get_logger("s2r_bench.recorder")
+        try:
+            self._collect()
+        except Exception as err:  # whatever the middleware says at shutdown, the bag is closed readable
+            logger.warning(f"the samples that arrived since the last take are lost: {err!r}")
+        self._write(len(self._pending))
         self._recording.clear()
         self._subscriber.destroy_node()
         self._writer.close()
-        # not the node's logger: after a signal the context is shut down and its /rosout publisher is gone
-        rclpy.logging.get_logger("s2r_bench.recorder").info(f"closed {self._output_dir}: {self.message_count} messages")
+        logger.info(f"closed {self._output_dir}: {self.message_count} messages")
 
 
 def main(args: list[str] | None = None) -> int:
