@@ -270,19 +270,20 @@ def test_sim_bridge_rejects_unreadable_commands_and_flies_the_next_good_one() ->
     np.testing.assert_allclose(bridge.sim.actions[0], expected)
 
 
-def test_sim_bridge_holds_until_the_recorder_subscribes_to_the_commands() -> None:
-    """With ``min_command_subscribers: 2`` the bridge holds the drones until a second node (the bench's
-    recorder) subscribes to every command topic: a recording that joins late would miss the first commands."""
+def test_sim_bridge_holds_until_the_recorder_subscribes_to_every_recorded_topic() -> None:
+    """With ``recorded_topics`` the bridge holds the drones until ``recorder_node`` subscribes to each of them:
+    a recording that joins late would miss the first messages (it failed the lock-step test in CI)."""
     context = Context()
     rclpy.init(context=context, domain_id=DOMAIN + 32)
-    parameters = [Parameter("bundle", value=str(BUNDLE)), Parameter("min_command_subscribers", value=2)]
+    recorded = [f"/cf{i}/cmd_vel" for i in range(1, 5)] + ["/cf1/odom"]
+    parameters = [Parameter("bundle", value=str(BUNDLE)), Parameter("recorded_topics", value=recorded)]
     bridge = SimBridgeNode(context=context, parameter_overrides=parameters)
     driver = Node("driver", context=context)
     for robot in bridge.robots:  # the policy's side: states and goals read, commands published
         driver.create_subscription(Odometry, f"/{robot}/odom", lambda _: None, SENSOR)
         driver.create_subscription(PoseStamped, f"/{robot}/goal", lambda _: None, COMMAND)
         driver.create_publisher(TwistStamped, f"/{robot}/cmd_vel", COMMAND)
-    recorder = Node("late_recorder", context=context)
+    recorder = Node("recorder_subscriptions", context=context)
     executor = rclpy.executors.SingleThreadedExecutor(context=context)
     for node in (bridge, driver, recorder):
         executor.add_node(node)
@@ -293,21 +294,21 @@ def test_sim_bridge_holds_until_the_recorder_subscribes_to_the_commands() -> Non
             executor.spin_once(timeout_sec=0.01)
 
     try:
-        spin(2.0)  # everything but the second command subscriber connects well within this
+        spin(2.0)  # everything but the recorder's subscriptions connects well within this
         held, waiting = bridge.flying, bridge._unconnected()
-        for robot in bridge.robots[:-1]:
-            recorder.create_subscription(TwistStamped, f"/{robot}/cmd_vel", lambda _: None, COMMAND)
+        for topic in recorded[:-1]:
+            recorder.create_subscription(TwistStamped, topic, lambda _: None, COMMAND)
         spin(1.0)
-        held_one_short = bridge.flying
-        recorder.create_subscription(TwistStamped, f"/{bridge.robots[-1]}/cmd_vel", lambda _: None, COMMAND)
+        held_one_short, still_waiting = bridge.flying, bridge._unconnected()
+        recorder.create_subscription(Odometry, recorded[-1], lambda _: None, SENSOR)
         spin(5.0)
     finally:
         executor.shutdown()
         for node in (bridge, driver, recorder):
             node.destroy_node()
         rclpy.try_shutdown(context=context)
-    assert not held and waiting == [f"/{robot}/cmd_vel" for robot in bridge.robots], waiting
-    assert not held_one_short
+    assert not held and waiting == [f"{topic} (by recorder_subscriptions)" for topic in recorded], waiting
+    assert not held_one_short and still_waiting == ["/cf1/odom (by recorder_subscriptions)"], still_waiting
     assert bridge.flying
 
 

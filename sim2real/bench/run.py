@@ -150,6 +150,7 @@ def run_bench(
     targets = {robot: target.tolist() for robot, target in zip(robots, targets_sim.targets(), strict=True)}
     targets_sim.close()
 
+    recorded = ["odom", command] + (["odom_raw"] if hop else []) + ([f"{command}_raw"] if command_hop else [])
     processes = [
         _node("recorder", "s2r_bench.recorder_node", {"output_dir": str(out_dir / "bag")}, out_dir),
         _node(
@@ -166,7 +167,7 @@ def run_bench(
                 "dynamics": json.dumps(dynamics) if dynamics else "",
                 "rate_hz": float(rate_hz or 0.0),
                 "min_state_subscribers": 2,  # its consumer and the recorder
-                "min_command_subscribers": 2,  # the bridge and the recorder: no command goes unrecorded
+                "recorded_topics": [f"/{robot}/{topic}" for robot in robots for topic in recorded],
             },
             out_dir,
         ),

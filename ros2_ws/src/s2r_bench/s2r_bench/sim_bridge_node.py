@@ -26,9 +26,11 @@ goes out before the states it belongs to); commands are still timed out on the w
 Start-up: with ``hold_until_connected`` (default true) the simulation stands still, the robots held at their
 initial states (published at the control rate, so nothing goes stale), until every robot's state topic has
 ``min_state_subscribers`` matched subscribers (default 1: the policy or the perturbation node; the bench adds
-its recorder), its goal topic a subscriber, its command topic a publisher and ``min_command_subscribers``
-subscribers on the graph, the bridge's own included (default 1; the bench: 2, so its recorder has subscribed to
-the commands too), or ``connect_timeout_s`` has passed (then it warns what is missing). It logs
+its recorder), its goal topic a subscriber and its command topic a publisher, the node ``recorder_node``
+(default ``recorder_subscriptions``, where ``s2r_bench.recorder_node`` subscribes) subscribes to every topic of
+``recorded_topics`` (absolute names; default none: the bench names every topic its metrics read, so a recorder
+that discovers a topic late loses none of it), or ``connect_timeout_s`` has passed (then it warns what is
+missing). It logs
 ``flying`` when the simulation starts: a bench measures from there, and its recording misses nothing.
 """
 
@@ -43,7 +45,7 @@ import numpy as np
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from nav_msgs.msg import Odometry
 from rclpy.exceptions import ParameterUninitializedException
-from rclpy.node import Node
+from rclpy.node import Node, NodeNameNonExistentError
 from rclpy.parameter import Parameter
 from rosgraph_msgs.msg import Clock
 from s2r_ros.executor import run_node
@@ -115,7 +117,12 @@ class SimBridgeNode(Node):
         self.command_subscriptions = subscriptions
         self.flying = not self.declare_parameter("hold_until_connected", True).value
         self.min_state_subscribers = self.declare_parameter("min_state_subscribers", 1).value
-        self.min_command_subscribers = self.declare_parameter("min_command_subscribers", 1).value
+        self.recorder_node = self.declare_parameter("recorder_node", "recorder_subscriptions").value
+        self.declare_parameter("recorded_topics", Parameter.Type.STRING_ARRAY)
+        try:
+            self.recorded_topics = list(self.get_parameter("recorded_topics").value)
+        except ParameterUninitializedException:
+            self.recorded_topics = []
         self.connect_deadline_ns = self._now_ns() + int(self.declare_parameter("connect_timeout_s", 30.0).value * 1e9)
         period = 1.0 / self.sim.ctrl_freq
         self.create_timer(period if self.mode == "realtime" else period / 4, self._on_timer)
@@ -165,11 +172,19 @@ class SimBridgeNode(Node):
         needed = self.min_state_subscribers
         waiting = [p.topic_name for p in self.state_publishers if p.get_subscription_count() < needed]
         waiting += [p.topic_name for p in self.goal_publishers if not p.get_subscription_count()]
-        for subscription in self.command_subscriptions:
-            topic = subscription.topic_name
-            if not subscription.get_publisher_count() or self.count_subscribers(topic) < self.min_command_subscribers:
-                waiting.append(topic)
+        waiting += [s.topic_name for s in self.command_subscriptions if not s.get_publisher_count()]
+        if self.recorded_topics:
+            recording = self._recorder_topics()
+            missing = [topic for topic in self.recorded_topics if topic not in recording]
+            waiting += [f"{topic} (by {self.recorder_node})" for topic in missing]
         return waiting
+
+    def _recorder_topics(self) -> set[str]:
+        """The topics ``recorder_node`` subscribes to (none while it is not on the graph)."""
+        try:
+            return {name for name, _ in self.get_subscriber_names_and_types_by_node(self.recorder_node, "/")}
+        except NodeNameNonExistentError:
+            return set()
 
     def _hold(self, now: int) -> None:
         """Publish the held initial states until everything is connected (or the timeout), then start flying."""
