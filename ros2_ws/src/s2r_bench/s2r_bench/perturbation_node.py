@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 from geometry_msgs.msg import TwistStamped
 from nav_msgs.msg import Odometry
-from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from s2r_ros.executor import run_node
+from s2r_ros.parameters import array_parameter
 from s2r_ros.qos import COMMAND, SENSOR
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
@@ -89,11 +89,9 @@ class PerturbationNode(Node):
         super().__init__(NODE_NAME, **kwargs)
         spec_text = self.declare_parameter("spec", "").value
         spec = json.loads(spec_text) if spec_text.strip().startswith(("{", "[")) else (spec_text or None)
-        self.declare_parameter("robots", Parameter.Type.STRING_ARRAY)
-        try:
-            self.robots = list(self.get_parameter("robots").value)
-        except ParameterUninitializedException as err:
-            raise ValueError("parameter 'robots' (the robot names, e.g. [cf1, cf2]) is required") from err
+        self.robots = array_parameter(self, "robots", Parameter.Type.STRING_ARRAY)
+        if not self.robots:
+            raise ValueError("parameter 'robots' (the robot names, e.g. [cf1, cf2]) is required")
         seed = self.declare_parameter("seed", 0).value
         state_in = self.declare_parameter("state_in", "odom_raw").value
         state_out = self.declare_parameter("state_out", "odom").value

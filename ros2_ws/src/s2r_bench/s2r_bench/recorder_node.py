@@ -5,10 +5,11 @@ subscribes with ``raw=True`` (CDR bytes, never deserialised). Every ``take_perio
 on each subscription and hands the bytes to the pure-Python ``rosbags`` rosbag2 writer (MCAP storage, Kilted
 typestore). The bag opens with ``rosbags``, ``mcap`` + ``mcap-ros2-support`` and ``ros2 bag``.
 
-- Taking in batches: the subscriptions belong to a second node that no executor spins, so no message wakes the
-  recorder; the samples wait in the middleware (KEEP_LAST ``qos_depth`` per topic) until the next take. The
-  recorder wakes ``1 / take_period_s`` times a second instead of once per message (1300 messages/s on the
-  4-drone bench at 100 Hz), which leaves the cores to the control loop it measures.
+- Taking in batches: the subscriptions belong to a second node, ``<name>_subscriptions`` (the sim bridge's
+  ``recorder_node`` waits for it), that no executor spins, so no message wakes the recorder; the samples wait
+  in the middleware (KEEP_LAST ``qos_depth`` per topic) until the next take. The recorder wakes
+  ``1 / take_period_s`` times a second instead of once per message (1300 messages/s on the 4-drone bench at
+  100 Hz), which leaves the cores to the control loop it measures.
 - Timestamp of each record: the middleware's receive time of the sample (``MessageInfo.received_timestamp``,
   CLOCK_REALTIME, set by Fast DDS when the sample arrives in this process), never sim time, so the recorder's
   own queueing is not part of it; ``time.time_ns()`` at the take where an rmw leaves it at 0. Records go into
@@ -47,6 +48,7 @@ from rosbags.interfaces import Connection
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, TypesysError, get_typestore
 from s2r_ros.executor import run_node
+from s2r_ros.parameters import array_parameter
 
 BAG_VERSION = 9
 
@@ -82,8 +84,7 @@ class RecorderNode(Node):
         if not output_param:
             raise ValueError("parameter output_dir (the bag directory to create) is required")
         output_dir = Path(output_param)
-        self.declare_parameter("topics", Parameter.Type.STRING_ARRAY)
-        self._topics: set[str] = set(self.get_parameter_or("topics").value or [])  # unset: every topic
+        self._topics = set(array_parameter(self, "topics", Parameter.Type.STRING_ARRAY))  # empty: every topic
         self._include = re.compile(self.declare_parameter("topic_regex", "").value)
         self._exclude = re.compile(self.declare_parameter("exclude_regex", "^/(rosout|parameter_events)$").value)
         self._depth = int(self.declare_parameter("qos_depth", 100).value)

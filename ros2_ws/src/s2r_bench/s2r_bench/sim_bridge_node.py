@@ -44,11 +44,11 @@ from typing import Any
 import numpy as np
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from nav_msgs.msg import Odometry
-from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node, NodeNameNonExistentError
 from rclpy.parameter import Parameter
 from rosgraph_msgs.msg import Clock
 from s2r_ros.executor import run_node
+from s2r_ros.parameters import array_parameter
 from s2r_ros.qos import COMMAND, SENSOR
 from std_msgs.msg import Float32MultiArray
 
@@ -82,11 +82,7 @@ class SimBridgeNode(Node):
             rate_hz=self.declare_parameter("rate_hz", 0.0).value or None,
         )
         n = self.sim.num_agents
-        self.declare_parameter("robots", Parameter.Type.STRING_ARRAY)
-        try:
-            self.robots = list(self.get_parameter("robots").value)
-        except ParameterUninitializedException:
-            self.robots = [f"cf{i + 1}" for i in range(n)]
+        self.robots = array_parameter(self, "robots", Parameter.Type.STRING_ARRAY) or [f"cf{i + 1}" for i in range(n)]
         if len(self.robots) != n:
             raise ValueError(f"the simulated swarm has {n} robots; parameter 'robots' names {len(self.robots)}")
         self.mode = self.declare_parameter("mode", "realtime").value
@@ -118,11 +114,7 @@ class SimBridgeNode(Node):
         self.flying = not self.declare_parameter("hold_until_connected", True).value
         self.min_state_subscribers = self.declare_parameter("min_state_subscribers", 1).value
         self.recorder_node = self.declare_parameter("recorder_node", "recorder_subscriptions").value
-        self.declare_parameter("recorded_topics", Parameter.Type.STRING_ARRAY)
-        try:
-            self.recorded_topics = list(self.get_parameter("recorded_topics").value)
-        except ParameterUninitializedException:
-            self.recorded_topics = []
+        self.recorded_topics = array_parameter(self, "recorded_topics", Parameter.Type.STRING_ARRAY)
         self.connect_deadline_ns = self._now_ns() + int(self.declare_parameter("connect_timeout_s", 30.0).value * 1e9)
         period = 1.0 / self.sim.ctrl_freq
         self.create_timer(period if self.mode == "realtime" else period / 4, self._on_timer)

@@ -40,12 +40,12 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from nav_msgs.msg import Odometry
-from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
 from s2r_ros.executor import run_node
+from s2r_ros.parameters import array_parameter
 from s2r_ros.qos import COMMAND, DIAGNOSTICS, SENSOR
 from sim2real.deploy import AgentCommand, SwarmController
 from sim2real.deploy.cdr import CdrError, TwistStampedWriter, read_odometry_cdr
@@ -83,12 +83,12 @@ class PolicyNode(Node):
         contract = self.policy.contract
         num_agents = int(contract["num_agents"])
 
-        robots = self._array_parameter("robots", Parameter.Type.STRING_ARRAY) or [
+        robots = array_parameter(self, "robots", Parameter.Type.STRING_ARRAY) or [
             f"cf{i + 1}" for i in range(num_agents)
         ]
         if len(robots) != num_agents:
             raise ValueError(f"the policy flies {num_agents} robots; parameter 'robots' names {len(robots)}")
-        targets = self._array_parameter("targets", Parameter.Type.DOUBLE_ARRAY)
+        targets = array_parameter(self, "targets", Parameter.Type.DOUBLE_ARRAY)
         if targets and len(targets) != 3 * num_agents:
             raise ValueError(
                 f"parameter 'targets' needs x, y, z per robot ({3 * num_agents} numbers), got {len(targets)}"
@@ -136,14 +136,6 @@ class PolicyNode(Node):
             f"[{self.spec.unit}] on {command_topic}, event-driven on {state_topic} at most "
             f"{self.controller.rate_hz:g} Hz, stale after {self.controller.failsafe.stale_timeout_s * 1e3:.0f} ms"
         )
-
-    def _array_parameter(self, name: str, kind: Parameter.Type) -> list:
-        """An array parameter that may be left unset (an empty list then)."""
-        self.declare_parameter(name, kind)
-        try:
-            return list(self.get_parameter(name).value)
-        except ParameterUninitializedException:
-            return []
 
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
