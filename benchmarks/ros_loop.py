@@ -6,7 +6,11 @@ Latency (``latency`` section): the bench (sim bridge -> [perturbation node] -> p
 100 Hz for 4 and 16 drones, without the perturbation hop (``clean`` scenario) and with it (``noise``). The
 latency of a command is its receive time in the recorder's bag minus its header stamp, which is the stamp of
 the odometry that produced it (the bridge stamps odometry when it publishes; one host clock). The achieved
-rate is the mean over robots of the ``cmd_vel`` rate in the bag, against 100 Hz. The 4-drone policy is
+rate is the mean over robots of the ``cmd_vel`` rate in the bag, against 100 Hz. Every case runs twice: at
+normal scheduling (``latency``) and with every bench process on ``SCHED_FIFO`` (``latency_realtime``,
+``--realtime-priority``; the summary says if it was refused). The goal case (4 drones with the hop) runs
+``--repeats`` times under each, since one 15 s run's p99 moves by a few ms from run to run on a shared
+2-core machine: ``goal_case_repeats`` lists every run, and the goals use the median run. The 4-drone policy is
 ``tests/data/hover4_bundle`` (trained for 30 Hz; the bench and node run it at 100 Hz here); the 16-drone
 policy is barely trained (latency does not depend on training).
 
@@ -33,6 +37,7 @@ from sim2real.eval.policies import load_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE4 = ROOT / "tests" / "data" / "hover4_bundle"
+GOAL_CASE = "4_drones_with_hop"
 
 
 def bundle16(work: Path) -> Path:
@@ -71,6 +76,7 @@ def latency_entry(summary: dict[str, Any], rate_hz: float) -> dict[str, Any]:
         "rate_fraction": float(np.mean(rates)) / rate_hz,
         "odom_drops": summary["overall"]["drops"],
         "cpu_percent": {name: p["cpu_percent"] for name, p in summary["processes"].items()},
+        "realtime_refused": summary["scheduling"]["refused"],
     }
 
 
@@ -80,19 +86,39 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0, help="flight time per latency run [s]")
     parser.add_argument("--tracking-duration", type=float, default=20.0)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "ros_loop")
+    parser.add_argument("--realtime-priority", type=int, default=50, help="SCHED_FIFO priority of the real-time runs")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of the goal case under each scheduling")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rate = 100.0
-    latency: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {"latency": {}, "latency_realtime": {}}
+    repeats: dict[str, list[dict[str, Any]]] = {"normal": [], "realtime": []}
     for drones, bundle in ((4, BUNDLE4), (16, bundle16(args.work))):
         for scenario, hop in (("clean", "without_hop"), ("noise", "with_hop")):
-            out = args.work / f"{stamp}-{drones}-{scenario}"
-            summary = run_bench(
-                bundle, load_scenario(scenario), duration_s=args.duration, out_dir=out, rate_hz=rate, progress=False
-            )
-            latency[f"{drones}_drones_{hop}"] = latency_entry(summary, rate)
-            print(f"{drones} drones {hop}: {latency[f'{drones}_drones_{hop}']}", flush=True)
+            case = f"{drones}_drones_{hop}"
+            runs = args.repeats if case == GOAL_CASE else 1
+            for section, scheduling, priority in (
+                ("latency", "normal", 0),
+                ("latency_realtime", "realtime", args.realtime_priority),
+            ):
+                entries = []
+                for run in range(runs):
+                    out = args.work / f"{stamp}-{drones}-{scenario}-{scheduling}-{run}"
+                    summary = run_bench(
+                        bundle,
+                        load_scenario(scenario),
+                        duration_s=args.duration,
+                        out_dir=out,
+                        rate_hz=rate,
+                        realtime_priority=priority,
+                        progress=False,
+                    )
+                    entries.append(latency_entry(summary, rate))
+                    print(f"{case} {scheduling} run {run}: {entries[-1]}", flush=True)
+                if case == GOAL_CASE:
+                    repeats[scheduling] = entries
+                sections[section][case] = sorted(entries, key=lambda e: e["p99_ms"])[len(entries) // 2]
 
     noise = load_scenario("noise")
     bench = run_bench(
@@ -118,16 +144,20 @@ def main() -> None:
         "bench_latency_p50_ms": bench["overall"]["latency_ms"]["p50_ms"],
     }
     print(f"tracking: {tracking}", flush=True)
-    four = latency["4_drones_with_hop"]
+    normal, realtime = sections["latency"][GOAL_CASE], sections["latency_realtime"][GOAL_CASE]
     result = {
         "benchmark": "ros_loop",
         "rate_hz": rate,
         "duration_s": args.duration,
-        "latency": latency,
+        "realtime_priority": args.realtime_priority,
+        **sections,
+        "goal_case_repeats": repeats,
         "tracking": tracking,
         "goals": {
-            "p99_at_most_3ms_4_drones_with_hop": four["p99_ms"] <= 3.0,
-            "rate_at_least_99pct_4_drones_with_hop": four["rate_fraction"] >= 0.99,
+            "p99_at_most_3ms_4_drones_with_hop": normal["p99_ms"] <= 3.0,
+            "p99_at_most_3ms_4_drones_with_hop_realtime": realtime["p99_ms"] <= 3.0,
+            "rate_at_least_99pct_4_drones_with_hop": normal["rate_fraction"] >= 0.99,
+            "rate_at_least_99pct_4_drones_with_hop_realtime": realtime["rate_fraction"] >= 0.99,
             "bench_and_sim_tracking_within_10pct": tracking["relative_difference"] <= 0.10,
         },
         "sim2real_version": __version__,

@@ -418,6 +418,13 @@ def bench_ros_command(
     scenario: str = typer.Option("clean", help="Built-in scenario (clean, noise, dropout, delay, malicious) or YAML."),
     duration: float = typer.Option(20.0, min=2.0, max=3600.0, help="Flight time [s] after start-up."),
     out: Path = typer.Option(..., help="Run directory to create: bag/, logs/, summary.json."),
+    realtime_priority: int = typer.Option(
+        0,
+        min=0,
+        max=99,
+        help="SCHED_FIFO priority (1-99) for every bench process once started, as on a robot; 0: normal "
+        "scheduling. Needs root or CAP_SYS_NICE; when refused the run goes on at normal priority and says so.",
+    ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Run the ROS 2 bench: sim bridge, perturbation node, policy node and recorder in a private domain."""
@@ -427,7 +434,9 @@ def bench_ros_command(
 
     try:
         chosen = load_scenario(scenario)
-        summary = run_bench(bundle, chosen, duration_s=duration, out_dir=out, progress=progress)
+        summary = run_bench(
+            bundle, chosen, duration_s=duration, out_dir=out, realtime_priority=realtime_priority, progress=progress
+        )
     except ScenarioError as err:
         raise typer.BadParameter(str(err), param_hint="--scenario") from err
     except (BundleError, FileExistsError) as err:
@@ -451,16 +460,22 @@ def _bench_lines(summary: dict) -> str:
     else:
         latency = "no commands"
     tracking = o["tracking_error_mean_m"]
-    return "\n".join(
-        [
-            f"scenario {summary['scenario']['name']}: {summary['scenario']['description'] or 'no perturbation'}",
-            f"  observation-to-command latency p50 / p99: {latency}",
-            f"  tracking error (hold window): {'n/a' if tracking is None else f'{tracking:.3f} m'}; "
-            f"min separation {o.get('min_separation_m') or float('nan'):.3f} m, collisions {o.get('collisions')}",
-            f"  failsafe entries {o['failsafe_entries']}, stale reports {o['stale_reports']}, drops {o['drops']}, "
-            f"perturbation hits {summary['perturbation_events']['hits']}",
-        ]
-    )
+    lines = [
+        f"scenario {summary['scenario']['name']}: {summary['scenario']['description'] or 'no perturbation'}",
+        f"  observation-to-command latency p50 / p99: {latency}",
+        f"  tracking error (hold window): {'n/a' if tracking is None else f'{tracking:.3f} m'}; "
+        f"min separation {o.get('min_separation_m') or float('nan'):.3f} m, collisions {o.get('collisions')}",
+        f"  failsafe entries {o['failsafe_entries']}, stale reports {o['stale_reports']}, drops {o['drops']}, "
+        f"perturbation hits {summary['perturbation_events']['hits']}",
+    ]
+    scheduling = summary.get("scheduling", {})
+    if scheduling.get("realtime_priority"):
+        refused = scheduling["refused"]
+        lines.append(
+            f"  scheduling: SCHED_FIFO priority {scheduling['realtime_priority']}"
+            + (f"; refused (normal priority) for {', '.join(refused)}" if refused else "")
+        )
+    return "\n".join(lines)
 
 
 def _paths(**paths: str | Path | None) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -14,6 +16,12 @@ from sim2real.envs.registry import EnvSpec
 
 HOVER = CF2X.hover_rpm
 BACKENDS = ("pybullet", "batched")
+
+
+def may_go_realtime(priority: int) -> bool:
+    """Whether a process here may take ``SCHED_FIFO`` ``priority`` (root, CAP_SYS_NICE or an rtprio limit)."""
+    probe = f"import os; os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param({priority}))"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
 
 
 def constant_rpm(steps: int, num_drones: int = 1, scale: float | np.ndarray = 1.0) -> np.ndarray:

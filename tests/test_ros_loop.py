@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
+from conftest import may_go_realtime
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from nav_msgs.msg import Odometry
 from rclpy.context import Context
@@ -335,17 +336,25 @@ def test_closed_loop_holds_four_drones_clean_and_reports_injected_noise(tmp_path
     result = CliRunner().invoke(
         app,
         ["bench", "ros", "--bundle", str(BUNDLE), "--scenario", "noise", "--duration", "5", "--out",
-         str(tmp_path / "noise"), "--no-progress"],
+         str(tmp_path / "noise"), "--realtime-priority", "10", "--no-progress"],
     )  # fmt: skip
     assert result.exit_code == 0 and "perturbation hits" in result.output, result.output
     noisy = json.loads((tmp_path / "noise" / "summary.json").read_text())
     assert noisy["injection"]["odometry"]
+    # every process ran on SCHED_FIFO 10 where this machine allows it, and stopped cleanly from there
+    refused = [] if may_go_realtime(10) else sorted(noisy["processes"])
+    assert noisy["scheduling"] == {"realtime_priority": 10, "refused": refused}, noisy["scheduling"]
+    assert "scheduling: SCHED_FIFO priority 10" in result.output
+    for name, ended in noisy["processes"].items():
+        assert (ended["returncode"], ended["stopped_by"]) == (0, "SIGINT"), (name, ended)
     hits = noisy["perturbation_events"]["by_kind"]["obs.gaussian"]
     forwarded = sum(topic["count"] for name, topic in noisy["topics"].items() if name.endswith("/odom"))
     assert forwarded >= 4 * 30 * 4 and 0.9 * 2 * forwarded <= hits <= 1.05 * 2 * forwarded  # 2 noises a message
     assert noisy["overall"]["latency_ms"]["count"] > 0
     with pytest.raises(FileExistsError, match="choose a new"):
         run_bench(BUNDLE, load_scenario("noise"), duration_s=5, out_dir=tmp_path / "noise", progress=False)
+    with pytest.raises(ValueError, match="realtime_priority must be an integer from 0"):
+        run_bench(BUNDLE, load_scenario("noise"), out_dir=tmp_path / "rt", realtime_priority=100, progress=False)
 
 
 def test_lock_step_bench_answers_every_state_and_holds_the_drones(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ private ROS domain (:class:`~sim2real.bench.launcher.BenchLauncher`):
 - the policy node with the bundle;
 
 flies for ``duration_s``, stops everything by process group and writes ``OUT/summary.json``: the bench
-metrics (:mod:`sim2real.bench.metrics`) with the scenario, the bundle and how each process ended, and
+metrics (:mod:`sim2real.bench.metrics`) with the scenario, the bundle, how each process ended and how it was
+scheduled (``scheduling``: the requested ``realtime_priority`` and the processes that were refused it), and
 ``OUT/tracking.png`` (:mod:`sim2real.bench.plot`, with matplotlib).
 """
 
@@ -32,6 +33,7 @@ from sim2real.bench.bridge import BridgeSim, split_spec
 from sim2real.bench.launcher import BenchLauncher, ProcessSpec
 from sim2real.bench.metrics import BenchTopics, compute_metrics, latency_stats, read_bag
 from sim2real.bench.plot import plot_tracking
+from sim2real.deploy.realtime import REFUSED, check_priority
 from sim2real.export import verify_bundle
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
@@ -98,10 +100,12 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
     )
 
 
-def _node(name: str, module: str, params: dict[str, Any], out_dir: Path) -> ProcessSpec:
-    """A node process with its parameters in ``OUT/params/NAME.yaml`` (strings stay strings)."""
+def _node(name: str, module: str, params: dict[str, Any], out_dir: Path, realtime_priority: int) -> ProcessSpec:
+    """A node process with its parameters (and ``realtime_priority``) in ``OUT/params/NAME.yaml`` (strings stay
+    strings)."""
     path = out_dir / "params" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
+    params = {**params, "realtime_priority": realtime_priority}
     path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
     return ProcessSpec(name, [sys.executable, "-m", module, "--ros-args", "--params-file", str(path)])
 
@@ -120,6 +124,7 @@ def run_bench(
     out_dir: str | Path,
     hold_after_s: float | None = None,
     rate_hz: float | None = None,
+    realtime_priority: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Fly ``bundle``'s policy on the simulated swarm under ``scenario`` for ``duration_s``; returns the summary.
@@ -131,8 +136,11 @@ def run_bench(
     lock-step mode (``scenario.mode``) the stamps are simulated time: ``hold_after_s`` counts simulated seconds,
     the summary adds ``simulated_s`` and has no latency (a simulated stamp against a wall-clock arrival).
     ``rate_hz`` runs the sim bridge and the policy node at another rate than the trained one (latency
-    benchmarks).
+    benchmarks). ``realtime_priority`` (1-99; 0, the default, is normal scheduling) runs every bench process on
+    ``SCHED_FIFO`` at that priority once it has started (the nodes' ``realtime_priority`` parameter), as a
+    robot's control stack would run; the summary's ``scheduling`` says which processes were refused it.
     """
+    check_priority(realtime_priority)
     out_dir = Path(out_dir)
     if (out_dir / "bag").exists():
         raise FileExistsError(f"{out_dir / 'bag'} exists: choose a new --out directory")
@@ -152,7 +160,7 @@ def run_bench(
 
     recorded = ["odom", command] + (["odom_raw"] if hop else []) + ([f"{command}_raw"] if command_hop else [])
     processes = [
-        _node("recorder", "s2r_bench.recorder_node", {"output_dir": str(out_dir / "bag")}, out_dir),
+        _node("recorder", "s2r_bench.recorder_node", {"output_dir": str(out_dir / "bag")}, out_dir, realtime_priority),
         _node(
             "sim_bridge",
             "s2r_bench.sim_bridge_node",
@@ -170,6 +178,7 @@ def run_bench(
                 "recorded_topics": [f"/{robot}/{topic}" for robot in robots for topic in recorded],
             },
             out_dir,
+            realtime_priority,
         ),
     ]
     if hop:
@@ -186,6 +195,7 @@ def run_bench(
                     "command_out": command,
                 },
                 out_dir,
+                realtime_priority,
             )
         )
     processes.append(
@@ -200,6 +210,7 @@ def run_bench(
                 **({"rate_hz": float(rate_hz)} if rate_hz else {}),
             },
             out_dir,
+            realtime_priority,
         )
     )
     started = time.time()
@@ -253,6 +264,12 @@ def run_bench(
         ros_domain_id=domain_id,
         processes=exits,
         injection={"odometry": hop, "commands": command_hop, "dynamics_in_sim": dynamics},
+        scheduling={
+            "realtime_priority": realtime_priority,
+            "refused": sorted(
+                name for name, e in bench.exits.items() if realtime_priority and REFUSED in e.log_path.read_text()
+            ),
+        },
     )
     if lockstep:  # a simulated-time stamp against a wall-clock receive time is no latency
         summary["simulated_s"] = round(flown_s, 3)

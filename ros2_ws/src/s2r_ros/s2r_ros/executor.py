@@ -14,8 +14,11 @@ from collections.abc import Callable
 
 import rclpy
 from rclpy.context import Context
+from rclpy.exceptions import ParameterException
 from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+
+from sim2real.deploy.realtime import REFUSED, check_priority, set_process_priority
 
 try:
     from rclpy.experimental import EventsExecutor
@@ -80,23 +83,49 @@ def freeze_startup_objects() -> None:
 
 def run_node(build: Callable[[], Node], name: str, args: list[str] | None = None) -> int:
     """A node process's ``main``: init rclpy, ``build()`` the node and spin it until SIGINT/SIGTERM (exit 0, also
-    during start-up); 1, with the reason on stderr, when ``build`` rejects its parameters (a ``ValueError``)."""
+    during start-up); 1, with the reason on stderr, when ``build`` rejects its parameters (a ``ValueError``) or
+    a parameter has the wrong type.
+
+    Every node gets the parameter ``realtime_priority`` (default 0, normal scheduling): 1-99 puts all the
+    process's threads on ``SCHED_FIFO`` at that priority once the node is built, so start-up (imports, loading
+    the bundle) still runs at normal priority. Refused (no permission), the node says so and runs at normal
+    priority (:mod:`sim2real.deploy.realtime`).
+    """
     rclpy.init(args=args)
-    node = None
+    node, executor = None, None
     try:
         try:
             node = build()
-        except ValueError as err:  # BundleError, ContractError and SpecError are ValueErrors too
+            priority = check_priority(node.declare_parameter("realtime_priority", 0).value)
+        except (ValueError, ParameterException) as err:  # BundleError, ContractError, SpecError are ValueErrors
             print(f"{name}: {err}", file=sys.stderr)
             return 1
         executor = make_executor(node.context)
         executor.add_node(node)
         freeze_startup_objects()
+        if priority:
+            _go_realtime(node, priority)
         spin_until_shutdown(executor, node.context)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # a signal during start-up: rclpy calls on the dying context fail (RCLError)
+        if not _goes_down(rclpy.get_default_context(), SHUTDOWN_GRACE_S):
+            raise
     finally:
+        if executor is not None:  # shut down and freed before the node: the EventsExecutor's destructor
+            executor.shutdown()  # detaches from the node's timers, a use-after-free once they are destroyed
+            executor = None
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def _go_realtime(node: Node, priority: int) -> None:
+    """Put the node's process on ``SCHED_FIFO`` at ``priority`` and log the outcome (a warning when refused)."""
+    try:
+        threads = set_process_priority(priority)
+    except OSError as err:
+        node.get_logger().warning(f"{err}; {REFUSED}")
+        return
+    node.get_logger().info(f"real-time: SCHED_FIFO priority {priority} on {threads} threads")
