@@ -158,7 +158,10 @@ def run_bench(
     targets = {robot: target.tolist() for robot, target in zip(robots, targets_sim.targets(), strict=True)}
     targets_sim.close()
 
+    topics = BenchTopics(truth="odom_raw" if hop else "odom")  # the bridge's unperturbed odometry is the truth
     recorded = ["odom", command] + (["odom_raw"] if hop else []) + ([f"{command}_raw"] if command_hop else [])
+    recorded_topics = [f"/{robot}/{topic}" for robot in robots for topic in recorded] + [topics.diagnostics]
+    recorded_topics += [topics.perturbation_events] if hop else []  # the bridge flies once all are recorded
     processes = [
         _node("recorder", "s2r_bench.recorder_node", {"output_dir": str(out_dir / "bag")}, out_dir, realtime_priority),
         _node(
@@ -175,7 +178,7 @@ def run_bench(
                 "dynamics": json.dumps(dynamics) if dynamics else "",
                 "rate_hz": float(rate_hz or 0.0),
                 "min_state_subscribers": 2,  # its consumer and the recorder
-                "recorded_topics": [f"/{robot}/{topic}" for robot in robots for topic in recorded],
+                "recorded_topics": recorded_topics,
             },
             out_dir,
             realtime_priority,
@@ -237,7 +240,6 @@ def run_bench(
         name: {"returncode": e.returncode, "stopped_by": e.stopped_by, "cpu_percent": e.cpu_percent}
         for name, e in bench.exits.items()
     }
-    topics = BenchTopics(truth="odom_raw" if hop else "odom")  # the bridge's unperturbed odometry
     contents = read_bag(out_dir / "bag", topics)
     if lockstep:  # stamps are simulated time from 0: the flight's length is what was simulated
         flight_start_ns = 0
