@@ -450,7 +450,22 @@ def bench_ros_command(
 
 
 def _bench_lines(summary: dict) -> str:
-    """The human summary of a bench run."""
+    """The human summary of a bench run: its scenario, the metrics and, when asked for, its scheduling."""
+    lines = [f"scenario {summary['scenario']['name']}: {summary['scenario']['description'] or 'no perturbation'}"]
+    lines += _metrics_lines(summary)
+    scheduling = summary.get("scheduling", {})
+    if scheduling.get("realtime_priority"):
+        refused = scheduling["refused"]
+        lines.append(
+            f"  scheduling: SCHED_FIFO priority {scheduling['realtime_priority']}"
+            + (f"; refused (normal priority) for {', '.join(refused)}" if refused else "")
+        )
+    return "\n".join(lines)
+
+
+def _metrics_lines(summary: dict, tracking_over: str = "hold window") -> list[str]:
+    """Latency, tracking (over ``tracking_over``), failsafe and drop lines of a metrics summary
+    (:mod:`sim2real.bench.metrics`)."""
     o = summary["overall"]
     lat = o["latency_ms"]
     if "simulated_s" in summary:  # lock step: simulated-time stamps give no wall-clock latency
@@ -460,22 +475,77 @@ def _bench_lines(summary: dict) -> str:
     else:
         latency = "no commands"
     tracking = o["tracking_error_mean_m"]
-    lines = [
-        f"scenario {summary['scenario']['name']}: {summary['scenario']['description'] or 'no perturbation'}",
+    return [
         f"  observation-to-command latency p50 / p99: {latency}",
-        f"  tracking error (hold window): {'n/a' if tracking is None else f'{tracking:.3f} m'}; "
+        f"  tracking error ({tracking_over}): {'n/a' if tracking is None else f'{tracking:.3f} m'}; "
         f"min separation {o.get('min_separation_m') or float('nan'):.3f} m, collisions {o.get('collisions')}",
         f"  failsafe entries {o['failsafe_entries']}, stale reports {o['stale_reports']}, drops {o['drops']}, "
         f"perturbation hits {summary['perturbation_events']['hits']}",
     ]
-    scheduling = summary.get("scheduling", {})
-    if scheduling.get("realtime_priority"):
-        refused = scheduling["refused"]
-        lines.append(
-            f"  scheduling: SCHED_FIFO priority {scheduling['realtime_priority']}"
-            + (f"; refused (normal priority) for {', '.join(refused)}" if refused else "")
-        )
-    return "\n".join(lines)
+
+
+@bench_app.command("metrics")
+def bench_metrics_command(
+    bag: Path = typer.Argument(..., help="A rosbag2 directory (the bench recorder's, or one recorded on robots)."),
+    out: Path = typer.Option(..., help="JSON file to write the metrics to."),
+    rate: list[str] = typer.Option(
+        [], help="Nominal rate PATTERN=HZ for drop counting, e.g. '/*/odom=100' (repeatable; first match wins)."
+    ),
+    target: list[str] = typer.Option(
+        [], help="Target ROBOT=X,Y,Z [m, world frame] for the tracking error, e.g. 'cf1=0,0,1' (repeatable)."
+    ),
+    truth: str = typer.Option("truth", help="Per-robot ground-truth topic (/ROBOT/TRUTH: Odometry or PoseStamped)."),
+    collision_distance: float = typer.Option(None, min=0.0, help="Robots closer than this [m] collide."),
+) -> None:
+    """Bench metrics of a recorded bag: latency from stamps, rates, drops, failsafe, tracking and separation."""
+    from sim2real.bench.metrics import BenchTopics, write_summary
+
+    if not (bag / "metadata.yaml").is_file():
+        typer.echo(f"bench metrics: {bag} is not a rosbag2 directory (it has no metadata.yaml)", err=True)
+        raise typer.Exit(2)
+    rates = {pattern: _hz(hz) for pattern, hz in (_assignment(item, "--rate", "PATTERN=HZ") for item in rate)}
+    targets = {robot: _xyz(xyz) for robot, xyz in (_assignment(item, "--target", "ROBOT=X,Y,Z") for item in target)}
+    summary = write_summary(
+        bag,
+        out,
+        nominal_rates=rates,
+        targets=targets,
+        collision_distance_m=collision_distance,
+        topics=BenchTopics(truth=truth),
+    )
+    robots = ", ".join(summary["robots"]) or "none"
+    typer.echo("\n".join([f"bag {bag}: robots {robots}", *_metrics_lines(summary, "all truth messages")]))
+    typer.echo(_paths(metrics=out))
+
+
+def _assignment(item: str, option: str, form: str) -> tuple[str, str]:
+    """``NAME=VALUE`` split in two; a ``BadParameter`` naming ``option`` and the expected ``form`` otherwise."""
+    name, sep, value = item.partition("=")
+    if not sep or not name or not value:
+        raise typer.BadParameter(f"{item!r} is not {form}", param_hint=option)
+    return name, value
+
+
+def _hz(value: str) -> float:
+    """A rate [Hz] > 0; a ``BadParameter`` for ``--rate`` otherwise."""
+    try:
+        hz = float(value)
+    except ValueError:
+        hz = 0.0
+    if not hz > 0:
+        raise typer.BadParameter(f"{value!r} is not a rate in Hz > 0", param_hint="--rate")
+    return hz
+
+
+def _xyz(value: str) -> list[float]:
+    """``X,Y,Z`` as three floats; a ``BadParameter`` for ``--target`` otherwise."""
+    try:
+        xyz = [float(v) for v in value.split(",")]
+    except ValueError:
+        xyz = []
+    if len(xyz) != 3:
+        raise typer.BadParameter(f"{value!r} is not X,Y,Z (three numbers in metres)", param_hint="--target")
+    return xyz
 
 
 def _paths(**paths: str | Path | None) -> str:

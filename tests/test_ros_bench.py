@@ -192,8 +192,10 @@ def test_metrics_of_a_known_bag(tmp_path: Path) -> None:
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
     from std_msgs.msg import String
+    from typer.testing import CliRunner
 
-    from sim2real.bench.metrics import write_summary
+    from sim2real.bench.metrics import compute_metrics
+    from sim2real.cli import app
 
     records: list[tuple[int, str, object]] = []  # (receive time ns, topic, message)
 
@@ -263,14 +265,32 @@ def test_metrics_of_a_known_bag(tmp_path: Path) -> None:
                 connections[topic] = writer.add_connection(topic, msgtype, typestore=typestore)
             writer.write(connections[topic], recv_ns, serialize_message(msg))
 
-    write_summary(
+    options = ["--rate", "/cf2/odom=50", "--rate", "/*/odom=100", "--rate", "/cf2/cmd_vel=50", "--target", "cf1=0,0,1"]
+    options += ["--collision-distance", "0.2", "--out", str(tmp_path / "summary.json")]
+    result = CliRunner().invoke(app, ["bench", "metrics", str(bag), *options])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary == compute_metrics(
         bag,
-        tmp_path / "summary.json",
         nominal_rates={"/cf2/odom": 50.0, "/*/odom": 100.0, "/cf2/cmd_vel": 50.0},
         targets={"cf1": [0, 0, 1]},
         collision_distance_m=0.2,
     )
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert result.output.startswith(f"bag {bag}: robots cf1, cf2\n")
+    lat = summary["overall"]["latency_ms"]
+    assert f"latency p50 / p99: {lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} ms (111 commands)" in result.output
+    assert "tracking error (all truth messages): 2.000 m; min separation 0.050 m, collisions 2" in result.output
+    assert "failsafe entries 4, stale reports 2, drops 1, perturbation hits 9" in result.output
+    for bad, says in (
+        (["--rate", "/*/odom"], "is not PATTERN=HZ"),
+        (["--rate", "/*/odom=-5"], "is not a rate in Hz > 0"),
+        (["--target", "cf1=0,1"], "is not X,Y,Z"),
+    ):
+        rejected = CliRunner().invoke(app, ["bench", "metrics", str(bag), "--out", str(tmp_path / "x.json"), *bad])
+        assert rejected.exit_code == 2 and says in rejected.output, rejected.output
+    missing = CliRunner().invoke(app, ["bench", "metrics", str(tmp_path), "--out", str(tmp_path / "x.json")])
+    assert missing.exit_code == 2 and "is not a rosbag2 directory" in missing.output
+    assert not (tmp_path / "x.json").exists()
 
     cf1, cf2 = summary["robots"]["cf1"], summary["robots"]["cf2"]
     assert cf1["commands"] == {"answered": 100, "repeated": 1, "unmatched": 1}
