@@ -253,6 +253,32 @@ def test_guard_clamps_to_the_bounds_and_rate_limits_but_never_delays_the_safe_co
     np.testing.assert_allclose(fs.guard(0, None, np.array([0.8, 0.0, 0.0])).command, [0.25, 0.0, 0.0])
 
 
+def test_guard_of_several_robots_at_once_is_the_guard_of_each_in_turn() -> None:
+    def failsafe() -> Failsafe:
+        return Failsafe(4, np.zeros(3), -np.ones(3), np.ones(3), stale_timeout_s=0.1, max_step=np.full(3, 0.25))
+
+    rng = np.random.default_rng(0)
+    batch, single = failsafe(), failsafe()
+    agents = [2, 0, 3, 1]
+    for step in range(6):  # starting, flying, a NaN command, input faults, recovering
+        commands = rng.normal(0.0, 1.0, (4, 3))
+        commands[1, step % 3] = np.nan if step == 2 else commands[1, step % 3]
+        faults = [None, None, "stale" if step in (3, 4) else None, "no_target" if step == 0 else None]
+        together = batch.guard_many(agents, faults, commands)
+        one_by_one = [single.guard(a, f, c) for a, f, c in zip(agents, faults, commands, strict=True)]
+        for b, o in zip(together, one_by_one, strict=True):
+            np.testing.assert_array_equal(b.command, o.command)
+            assert (b.fault, b.previous_fault, b.limited, b.starting) == (
+                o.fault,
+                o.previous_fault,
+                o.limited,
+                o.starting,
+            )
+    assert [batch.counts(a) for a in range(4)] == [single.counts(a) for a in range(4)]
+    assert batch.counts(0)["entries_command_not_finite"] == 1 and batch.counts(3)["entries_stale"] == 1
+    assert batch.guard_many([1], [None])[0].fault == "command_not_finite"  # no command at all
+
+
 def test_schedule_steps_at_the_control_rate_whatever_the_state_rate() -> None:
     period = round(1e9 / 30)
     on_rate = ControlSchedule(1, 30.0)

@@ -69,4 +69,4 @@ class CommandSpec:
         action the robot actually received.
         """
         action = (np.asarray(command, dtype=np.float64) - self.offset) / self.scale
-        return np.clip(action, self.action_low, self.action_high).astype(np.float32)
+        return np.minimum(np.maximum(action, self.action_low), self.action_high).astype(np.float32)

@@ -122,29 +122,30 @@ class SwarmController:
             return []
         obs = self.observer.observe(self.state, self.targets, self.last_action)
         faults = [self.failsafe.input_fault(self.state.age_s(a, now_ns), self.has_target(a), obs[a]) for a in due]
-        flying = [agent for agent, fault in zip(due, faults, strict=True) if fault is None]
-        commands = {}
-        if flying:
-            commands = dict(zip(flying, self.policy.command(obs[flying], agent_ids=flying), strict=True))
-        return [
-            self._send(agent, fault, commands.get(agent), states[agent].stamp_ns)
-            for agent, fault in zip(due, faults, strict=True)
-        ]
+        flying = [fault is None for fault in faults]
+        commands = None
+        if any(flying):
+            commands = np.full((len(due), self.spec.size), np.nan)
+            agents = [agent for agent, fly in zip(due, flying, strict=True) if fly]
+            commands[flying] = self.policy.command(obs[agents], agent_ids=agents)
+        return self._send(due, faults, commands, [states[agent].stamp_ns for agent in due])
 
     def watchdog(self, now_ns: int) -> list[AgentCommand]:
         """Safe commands stamped ``now_ns`` for robots whose state is missing or stale; call at the control rate."""
-        out = []
-        for agent in range(self.num_agents):
-            fault = self.failsafe.input_fault(self.state.age_s(agent, now_ns), has_target=True)
-            if fault is not None:
-                out.append(self._send(agent, fault, None, now_ns))
-        return out
+        faults = [self.failsafe.input_fault(self.state.age_s(a, now_ns), True) for a in range(self.num_agents)]
+        agents = [agent for agent, fault in enumerate(faults) if fault is not None]
+        if not agents:
+            return []
+        return self._send(agents, [faults[agent] for agent in agents], None, [now_ns] * len(agents))
 
-    def _send(self, agent: int, fault: str | None, command: np.ndarray | None, stamp_ns: int) -> AgentCommand:
-        guarded = self.failsafe.guard(agent, fault, command)
-        self.last_action[agent] = self.spec.to_action(guarded.command)
-        self.last_limited[agent] = guarded.limited
-        return AgentCommand(agent, guarded, stamp_ns)
+    def _send(
+        self, agents: list[int], faults: list[str | None], commands: np.ndarray | None, stamps_ns: list[int]
+    ) -> list[AgentCommand]:
+        """Guard the commands ``[K, A]`` of robots ``agents`` (None: all faulted) in one pass and stamp them."""
+        guarded = self.failsafe.guard_many(agents, faults, commands)
+        self.last_action[agents] = self.spec.to_action(self.failsafe.last_command[agents])  # the guarded commands
+        self.last_limited[agents] = [g.limited for g in guarded]
+        return [AgentCommand(a, g, stamp) for a, g, stamp in zip(agents, guarded, stamps_ns, strict=True)]
 
     def status(self, agent: int, now_ns: int) -> AgentStatus:
         """Robot ``agent``'s diagnostic level, a one-line message and key values (strings)."""

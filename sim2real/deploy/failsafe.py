@@ -19,6 +19,7 @@ that reason.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,13 +80,14 @@ class Failsafe:
         self.high = np.asarray(high, dtype=np.float64)
         self.stale_timeout_s = float(stale_timeout_s)
         self.max_step = None if max_step is None else np.asarray(max_step, dtype=np.float64)
-        self.fault: list[str | None] = ["missing"] * num_agents
-        self.started = np.zeros(num_agents, dtype=bool)
         self.last_command = np.tile(self.safe_command, (num_agents, 1))
-        self.entries = {reason: np.zeros(num_agents, dtype=np.int64) for reason in FAULTS}
-        self.commands = np.zeros(num_agents, dtype=np.int64)
-        self.safe_commands = np.zeros(num_agents, dtype=np.int64)
-        self.limited_commands = np.zeros(num_agents, dtype=np.int64)
+        # per-robot bookkeeping in Python lists: a step touches a few robots, where numpy indexing costs more
+        self.fault: list[str | None] = ["missing"] * num_agents
+        self.started = [False] * num_agents
+        self.entries = {reason: [0] * num_agents for reason in FAULTS}
+        self.commands = [0] * num_agents
+        self.safe_commands = [0] * num_agents
+        self.limited_commands = [0] * num_agents
 
     def input_fault(self, age_s: float | None, has_target: bool, obs: np.ndarray | None = None) -> str | None:
         """The fault of a robot's input, or None.
@@ -107,28 +109,45 @@ class Failsafe:
 
     def guard(self, agent: int, fault: str | None, command: np.ndarray | None = None) -> GuardedCommand:
         """The command to send robot ``agent``: the safe one on ``fault``, else ``command [A]`` guarded."""
-        if fault is None and (command is None or not np.all(np.isfinite(command))):
-            fault = "command_not_finite"
-        limited = False
-        if fault is not None:
-            out = self.safe_command.copy()
-            self.safe_commands[agent] += 1
-        else:
-            proposed = np.asarray(command, dtype=np.float64)
-            out = np.clip(proposed, self.low, self.high)
-            if self.max_step is not None:
-                last = self.last_command[agent]
-                out = np.clip(out, last - self.max_step, last + self.max_step)
-            limited = not np.array_equal(out, proposed)
-            self.limited_commands[agent] += limited
-        previous, starting = self.fault[agent], not self.started[agent]
-        if fault is not None and fault != previous and not (starting and fault in STARTUP_FAULTS):
-            self.entries[fault][agent] += 1
-        self.started[agent] |= fault is None
-        self.fault[agent] = fault
-        self.last_command[agent] = out
-        self.commands[agent] += 1
-        return GuardedCommand(out, fault, previous, limited, starting and fault is not None)
+        return self.guard_many([agent], [fault], None if command is None else np.reshape(command, (1, -1)))[0]
+
+    def guard_many(
+        self, agents: Sequence[int], faults: Sequence[str | None], commands: np.ndarray | None = None
+    ) -> list[GuardedCommand]:
+        """The commands to send robots ``agents`` (distinct), in one numpy pass: the safe command for those with a
+        fault, else their row of ``commands [K, A]`` guarded (rows of faulted robots are ignored; None: no
+        command, so a robot without a fault gets ``command_not_finite``)."""
+        idx = list(agents)
+        shape = (len(idx), len(self.safe_command))
+        proposed = np.full(shape, np.nan) if commands is None else np.asarray(commands, np.float64).reshape(shape)
+        finite = np.isfinite(proposed).all(axis=1).tolist()
+        faults = [f if f is not None or ok else "command_not_finite" for f, ok in zip(faults, finite, strict=True)]
+        failed = [f is not None for f in faults]
+        low, high = self.low, self.high
+        if self.max_step is not None:  # the bounds and the step from the last command, which lies within them
+            last = self.last_command[idx]
+            low, high = np.maximum(low, last - self.max_step), np.minimum(high, last + self.max_step)
+        out = np.minimum(np.maximum(proposed, low), high)
+        if any(failed):
+            out[failed] = self.safe_command
+        limited = (out != proposed).any(axis=1).tolist()
+        guarded = []
+        for j, agent in enumerate(agents):
+            fault, previous, starting = faults[j], self.fault[agent], not self.started[agent]
+            if fault is None:
+                self.started[agent] = True
+                self.limited_commands[agent] += limited[j]
+            else:
+                self.safe_commands[agent] += 1
+                if fault != previous and not (starting and fault in STARTUP_FAULTS):
+                    self.entries[fault][agent] += 1
+            self.fault[agent] = fault
+            self.commands[agent] += 1
+            guarded.append(
+                GuardedCommand(out[j], fault, previous, fault is None and limited[j], starting and fault is not None)
+            )
+        self.last_command[idx] = out
+        return guarded
 
     def counts(self, agent: int) -> dict[str, int]:
         """Counters of robot ``agent``: commands, safe and limited commands, and failsafe entries per fault."""
