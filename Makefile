@@ -43,9 +43,11 @@ bench-train: setup
 bench-robust: setup
 	$(BIN)/python benchmarks/robustness_drones.py --out benchmarks/results/robustness_drones.json
 
-# ROS 2 bench loop: latency and rate at 100 Hz for 4 and 16 drones with and without the perturbation hop,
-# and bench against simulation tracking error (about 3 minutes).
+# ROS 2 bench loop: latency and rate at 100 Hz for 4 and 16 drones with and without the perturbation hop, at
+# normal and real-time scheduling, and bench against simulation tracking error (about 7 minutes); and the
+# policy node's controller step without ROS.
 bench-ros: setup
+	$(BIN)/python benchmarks/controller_step.py --out benchmarks/results/controller_step.json
 	$(BIN)/python benchmarks/ros_loop.py --out benchmarks/results/ros_loop.json
 
 clean:
