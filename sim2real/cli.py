@@ -498,6 +498,8 @@ def bench_metrics_command(
     collision_distance: float = typer.Option(None, min=0.0, help="Robots closer than this [m] collide."),
 ) -> None:
     """Bench metrics of a recorded bag: latency from stamps, rates, drops, failsafe, tracking and separation."""
+    from rosbags.highlevel import AnyReaderError
+
     from sim2real.bench.metrics import BenchTopics, write_summary
 
     if not (bag / "metadata.yaml").is_file():
@@ -505,14 +507,18 @@ def bench_metrics_command(
         raise typer.Exit(2)
     rates = {pattern: _hz(hz) for pattern, hz in (_assignment(item, "--rate", "PATTERN=HZ") for item in rate)}
     targets = {robot: _xyz(xyz) for robot, xyz in (_assignment(item, "--target", "ROBOT=X,Y,Z") for item in target)}
-    summary = write_summary(
-        bag,
-        out,
-        nominal_rates=rates,
-        targets=targets,
-        collision_distance_m=collision_distance,
-        topics=BenchTopics(truth=truth),
-    )
+    try:
+        summary = write_summary(
+            bag,
+            out,
+            nominal_rates=rates,
+            targets=targets,
+            collision_distance_m=collision_distance,
+            topics=BenchTopics(truth=truth),
+        )
+    except AnyReaderError as err:
+        typer.echo(f"bench metrics: cannot read the bag {bag}: {err}", err=True)
+        raise typer.Exit(2) from err
     robots = ", ".join(summary["robots"]) or "none"
     typer.echo("\n".join([f"bag {bag}: robots {robots}", *_metrics_lines(summary, "all truth messages")]))
     typer.echo(_paths(metrics=out))
@@ -532,7 +538,7 @@ def _hz(value: str) -> float:
         hz = float(value)
     except ValueError:
         hz = 0.0
-    if not hz > 0:
+    if not 0 < hz < float("inf"):
         raise typer.BadParameter(f"{value!r} is not a rate in Hz > 0", param_hint="--rate")
     return hz
 

@@ -284,12 +284,17 @@ def test_metrics_of_a_known_bag(tmp_path: Path) -> None:
     for bad, says in (
         (["--rate", "/*/odom"], "is not PATTERN=HZ"),
         (["--rate", "/*/odom=-5"], "is not a rate in Hz > 0"),
+        (["--rate", "/*/odom=inf"], "is not a rate in Hz > 0"),
         (["--target", "cf1=0,1"], "is not X,Y,Z"),
     ):
         rejected = CliRunner().invoke(app, ["bench", "metrics", str(bag), "--out", str(tmp_path / "x.json"), *bad])
         assert rejected.exit_code == 2 and says in rejected.output, rejected.output
     missing = CliRunner().invoke(app, ["bench", "metrics", str(tmp_path), "--out", str(tmp_path / "x.json")])
     assert missing.exit_code == 2 and "is not a rosbag2 directory" in missing.output
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "metadata.yaml").write_text("rosbag2_bagfile_information: [")
+    broken = CliRunner().invoke(app, ["bench", "metrics", str(tmp_path / "broken"), "--out", str(tmp_path / "x.json")])
+    assert broken.exit_code == 2 and "cannot read the bag" in broken.output, broken.output
     assert not (tmp_path / "x.json").exists()
 
     cf1, cf2 = summary["robots"]["cf1"], summary["robots"]["cf2"]

@@ -32,23 +32,22 @@ def check_priority(priority: int) -> int:
     return priority
 
 
-def set_process_priority(priority: int) -> int:
-    """Put every thread of this process on ``SCHED_FIFO`` at ``priority`` (1-99), or back on normal scheduling
-    (``SCHED_OTHER``) for 0; returns the number of threads set.
+def set_process_realtime(priority: int) -> int:
+    """Put every thread of this process on ``SCHED_FIFO`` at ``priority`` (1-99); returns the number of threads.
 
     Threads started later inherit the policy of the thread that starts them. Raises ``PermissionError`` (with
     how to allow it) when the process may not, ``OSError`` where the platform has no ``SCHED_FIFO``.
     """
-    check_priority(priority)
+    if check_priority(priority) == 0:
+        raise ValueError("realtime_priority 0 is normal scheduling: there is no SCHED_FIFO priority to set")
     if not hasattr(os, "sched_setscheduler"):
         raise OSError("this platform has no SCHED_FIFO (os.sched_setscheduler); leave realtime_priority at 0")
-    policy = os.SCHED_FIFO if priority else os.SCHED_OTHER
     param = os.sched_param(priority)
     threads = 0
     try:
         for tid in os.listdir("/proc/self/task"):
             try:
-                os.sched_setscheduler(int(tid), policy, param)
+                os.sched_setscheduler(int(tid), os.SCHED_FIFO, param)
                 threads += 1
             except ProcessLookupError:  # the thread ended since the listing
                 pass

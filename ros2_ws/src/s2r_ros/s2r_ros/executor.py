@@ -18,7 +18,7 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
-from sim2real.deploy.realtime import REFUSED, check_priority, set_process_priority
+from sim2real.deploy.realtime import REFUSED, check_priority, set_process_realtime
 
 try:
     from rclpy.experimental import EventsExecutor
@@ -124,7 +124,7 @@ def run_node(build: Callable[[], Node], name: str, args: list[str] | None = None
 def _go_realtime(node: Node, priority: int) -> None:
     """Put the node's process on ``SCHED_FIFO`` at ``priority`` and log the outcome (a warning when refused)."""
     try:
-        threads = set_process_priority(priority)
+        threads = set_process_realtime(priority)
     except OSError as err:
         node.get_logger().warning(f"{err}; {REFUSED}")
         return
