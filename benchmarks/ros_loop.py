@@ -145,6 +145,7 @@ def main() -> None:
     }
     print(f"tracking: {tracking}", flush=True)
     normal, realtime = sections["latency"][GOAL_CASE], sections["latency_realtime"][GOAL_CASE]
+    rt_ran = not any(entry["realtime_refused"] for entry in repeats["realtime"])  # else no real-time goal (None)
     result = {
         "benchmark": "ros_loop",
         "rate_hz": rate,
@@ -155,9 +156,9 @@ def main() -> None:
         "tracking": tracking,
         "goals": {
             "p99_at_most_3ms_4_drones_with_hop": normal["p99_ms"] <= 3.0,
-            "p99_at_most_3ms_4_drones_with_hop_realtime": realtime["p99_ms"] <= 3.0,
+            "p99_at_most_3ms_4_drones_with_hop_realtime": realtime["p99_ms"] <= 3.0 if rt_ran else None,
             "rate_at_least_99pct_4_drones_with_hop": normal["rate_fraction"] >= 0.99,
-            "rate_at_least_99pct_4_drones_with_hop_realtime": realtime["rate_fraction"] >= 0.99,
+            "rate_at_least_99pct_4_drones_with_hop_realtime": realtime["rate_fraction"] >= 0.99 if rt_ran else None,
             "bench_and_sim_tracking_within_10pct": tracking["relative_difference"] <= 0.10,
         },
         "sim2real_version": __version__,

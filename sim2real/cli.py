@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
@@ -507,6 +508,7 @@ def bench_metrics_command(
         raise typer.Exit(2)
     rates = {pattern: _hz(hz) for pattern, hz in (_assignment(item, "--rate", "PATTERN=HZ") for item in rate)}
     targets = {robot: _xyz(xyz) for robot, xyz in (_assignment(item, "--target", "ROBOT=X,Y,Z") for item in target)}
+    out.parent.mkdir(parents=True, exist_ok=True)
     try:
         summary = write_summary(
             bag,
@@ -538,7 +540,7 @@ def _hz(value: str) -> float:
         hz = float(value)
     except ValueError:
         hz = 0.0
-    if not 0 < hz < float("inf"):
+    if not 0 < hz < math.inf:
         raise typer.BadParameter(f"{value!r} is not a rate in Hz > 0", param_hint="--rate")
     return hz
 
@@ -549,8 +551,8 @@ def _xyz(value: str) -> list[float]:
         xyz = [float(v) for v in value.split(",")]
     except ValueError:
         xyz = []
-    if len(xyz) != 3:
-        raise typer.BadParameter(f"{value!r} is not X,Y,Z (three numbers in metres)", param_hint="--target")
+    if len(xyz) != 3 or not all(math.isfinite(v) for v in xyz):
+        raise typer.BadParameter(f"{value!r} is not X,Y,Z (three finite numbers in metres)", param_hint="--target")
     return xyz
 
 

@@ -266,10 +266,10 @@ def test_metrics_of_a_known_bag(tmp_path: Path) -> None:
             writer.write(connections[topic], recv_ns, serialize_message(msg))
 
     options = ["--rate", "/cf2/odom=50", "--rate", "/*/odom=100", "--rate", "/cf2/cmd_vel=50", "--target", "cf1=0,0,1"]
-    options += ["--collision-distance", "0.2", "--out", str(tmp_path / "summary.json")]
+    options += ["--collision-distance", "0.2", "--out", str(tmp_path / "metrics" / "summary.json")]
     result = CliRunner().invoke(app, ["bench", "metrics", str(bag), *options])
     assert result.exit_code == 0, result.output
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary = json.loads((tmp_path / "metrics" / "summary.json").read_text())
     assert summary == compute_metrics(
         bag,
         nominal_rates={"/cf2/odom": 50.0, "/*/odom": 100.0, "/cf2/cmd_vel": 50.0},
@@ -286,6 +286,7 @@ def test_metrics_of_a_known_bag(tmp_path: Path) -> None:
         (["--rate", "/*/odom=-5"], "is not a rate in Hz > 0"),
         (["--rate", "/*/odom=inf"], "is not a rate in Hz > 0"),
         (["--target", "cf1=0,1"], "is not X,Y,Z"),
+        (["--target", "cf1=0,nan,1"], "is not X,Y,Z"),
     ):
         rejected = CliRunner().invoke(app, ["bench", "metrics", str(bag), "--out", str(tmp_path / "x.json"), *bad])
         assert rejected.exit_code == 2 and says in rejected.output, rejected.output

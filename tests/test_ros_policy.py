@@ -277,6 +277,8 @@ def test_guard_of_several_robots_at_once_is_the_guard_of_each_in_turn() -> None:
     assert [batch.counts(a) for a in range(4)] == [single.counts(a) for a in range(4)]
     assert batch.counts(0)["entries_command_not_finite"] == 1 and batch.counts(3)["entries_stale"] == 1
     assert batch.guard_many([1], [None])[0].fault == "command_not_finite"  # no command at all
+    with pytest.raises(ValueError, match="outside the command bounds"):
+        Failsafe(1, np.full(3, 2.0), -np.ones(3), np.ones(3), stale_timeout_s=0.1)
 
 
 def test_schedule_steps_at_the_control_rate_whatever_the_state_rate() -> None:

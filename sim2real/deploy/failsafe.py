@@ -80,6 +80,8 @@ class Failsafe:
         self.high = np.asarray(high, dtype=np.float64)
         self.stale_timeout_s = float(stale_timeout_s)
         self.max_step = None if max_step is None else np.asarray(max_step, dtype=np.float64)
+        if not np.all((self.low <= self.safe_command) & (self.safe_command <= self.high)):
+            raise ValueError(f"safe command {self.safe_command} is outside the command bounds {self.low}..{self.high}")
         self.last_command = np.tile(self.safe_command, (num_agents, 1))
         # per-robot bookkeeping in Python lists: a step touches a few robots, where numpy indexing costs more
         self.fault: list[str | None] = ["missing"] * num_agents

@@ -108,7 +108,7 @@ def run_node(build: Callable[[], Node], name: str, args: list[str] | None = None
         spin_until_shutdown(executor, node.context)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except Exception:  # a signal during start-up: rclpy calls on the dying context fail (RCLError)
+    except RuntimeError:  # a signal during start-up: rclpy calls on the dying context fail (RCLError)
         if not _goes_down(rclpy.get_default_context(), SHUTDOWN_GRACE_S):
             raise
     finally:
