@@ -23,9 +23,12 @@ def test_stream_matches_the_env_wrapper_message_by_message():
     held, stream_hits = 0, dict.fromkeys(env_log, 0)
     for agent in range(3):
         stream = StreamPerturber(SPEC, env.obs_layout, agent=agent, num_agents=3, seed=7)
+        counting = StreamPerturber(SPEC, env.obs_layout, agent=agent, num_agents=3, seed=7, log_capacity=0)
         last = None
         for t in range(len(clean)):
             out = stream.observe(clean[t][agent])
+            counted = counting.observe(clean[t][agent])
+            assert (out is None and counted is None) or np.array_equal(out, counted)  # the log does not steer
             if out is None:  # nothing new arrived: the policy keeps the last message, as in simulation
                 held += 1
                 np.testing.assert_array_equal(perturbed[t][agent], last)
@@ -34,6 +37,8 @@ def test_stream_matches_the_env_wrapper_message_by_message():
                 last = out
         for name, count in stream.log.counts().items():  # each stream logs its own robot's hits only
             stream_hits[name] += count["events"]
+        assert {record["agent"] for record in stream.log.records()} == {agent}
+        assert counting.log.counts() == stream.log.counts() and counting.log.records() == []  # counts, no rows
     assert stream_hits == {name: count["events"] for name, count in env_log.items()}
     assert held > 5
     assert env_log["2:timing.loss"]["events"] >= held

@@ -23,7 +23,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
-from s2r_bench.perturbation_node import PerturbationNode
+from s2r_bench.perturbation_node import ODOMETRY_LAYOUT, PerturbationNode, state_vector
 from s2r_bench.sim_bridge_node import SimBridgeNode
 from s2r_ros.qos import COMMAND, SENSOR
 from std_msgs.msg import String
@@ -37,6 +37,7 @@ from sim2real.deploy.cdr import OdometryWriter, TwistStampedWriter, read_twist_s
 from sim2real.deploy.codecs import fill_odometry, read_odometry
 from sim2real.deploy.state import RobotState
 from sim2real.export import verify_bundle
+from sim2real.perturb.stream import StreamPerturber
 
 BUNDLE = Path(__file__).parent / "data" / "hover4_bundle"
 DOMAIN = 60 + os.getpid() % 30  # in-process contexts; the launcher's runs use its locked 100-200 range
@@ -150,6 +151,77 @@ def test_perturbation_node_noise_and_dropout_statistics_match_the_spec() -> None
     assert hits["obs.gaussian"] >= 950 and 150 < hits["obs.dropout"] < 250
     assert len(switched[False]) >= 15 and np.all(switched[False] == [1.0, 2.0, 1.0])  # off: passed unchanged
     assert len(switched[True]) >= 15 and np.all(switched[True] != [1.0, 2.0, 1.0])  # on again: noisy
+
+
+def test_perturbation_node_forwards_the_robots_waiting_together_each_on_its_own_stream() -> None:
+    """Odometry of 3 robots published at once (as a swarm driver does) goes out from one callback of the node, so
+    the policy node behind gets the swarm together; each robot's values are those of its own
+    ``StreamPerturber``, as when the messages come one at a time."""
+    context = Context()
+    rclpy.init(context=context, domain_id=DOMAIN + 33)
+    robots = ["cf1", "cf2", "cf3"]
+    spec = {"perturbations": [{"kind": "obs.gaussian", "std": 0.05, "fields": ["position", "velocity"]}]}
+    node = PerturbationNode(
+        context=context,
+        parameter_overrides=[
+            Parameter("robots", value=robots),
+            Parameter("spec", value=json.dumps(spec)),
+            Parameter("seed", value=3),
+            Parameter("events_period_s", value=100.0),  # no report timer competes for the one callback below
+        ],
+    )
+    streams = [StreamPerturber(spec, ODOMETRY_LAYOUT, agent=i, num_agents=3, seed=3) for i in range(3)]
+    driver = Node("driver", context=context)
+    publishers = [driver.create_publisher(Odometry, f"/{robot}/odom_raw", SENSOR) for robot in robots]
+    received: dict[str, list[Odometry]] = {robot: [] for robot in robots}
+    best_effort = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
+    for robot in robots:
+        driver.create_subscription(Odometry, f"/{robot}/odom", received[robot].append, best_effort)
+    node_executor = rclpy.executors.SingleThreadedExecutor(context=context)
+    node_executor.add_node(node)
+    driver_executor = rclpy.executors.SingleThreadedExecutor(context=context)
+    driver_executor.add_node(driver)
+    level = np.array([0.0, 0.0, 0.0, 1.0])
+    delivered_per_callback, expected, got = [], [], []
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(
+            p.get_subscription_count() and q.get_subscription_count()
+            for p, q in zip(publishers, node.state_publishers, strict=True)
+        ):
+            driver_executor.spin_once(timeout_sec=0.01)
+            node_executor.spin_once(timeout_sec=0.01)
+        for k in range(10):
+            states = [
+                RobotState(np.array([i, 0.1 * k, 1.0]), level, np.array([0.0, 0.0, 0.01 * k]), np.zeros(3), k)
+                for i in range(3)
+            ]
+            for publisher, state in zip(publishers, states, strict=True):
+                msg = Odometry()
+                fill_odometry(msg, state)
+                publisher.publish(msg)
+            time.sleep(0.05)  # all three are waiting in the node's subscriptions
+            before = sum(map(len, received.values()))
+            node_executor.spin_once(timeout_sec=1.0)  # one callback
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline and sum(map(len, received.values())) < before + 3:
+                driver_executor.spin_once(timeout_sec=0.01)
+            delivered_per_callback.append(sum(map(len, received.values())) - before)
+            for i, (robot, state) in enumerate(zip(robots, states, strict=True)):
+                expected.append(streams[i].observe(state_vector(state)))
+                got.append(state_vector(read_odometry(received[robot][-1])) if received[robot] else None)
+    finally:
+        node_executor.shutdown()
+        driver_executor.shutdown()
+        node.destroy_node()
+        driver.destroy_node()
+        rclpy.try_shutdown(context=context)
+    assert delivered_per_callback == [3] * 10
+    for want, have in zip(expected, got, strict=True):
+        np.testing.assert_allclose(have[:3], want[:3], atol=1e-6)  # position (float32 perturbation)
+        np.testing.assert_allclose(have[7:10], want[7:10], atol=1e-6)  # world velocity
+    clean = np.array([[i, 0.1 * k, 1.0] for k in range(10) for i in range(3)])
+    assert np.all(np.array(got)[:, :3] != clean)  # the noise was applied to every robot's message
 
 
 def test_perturbation_node_replaces_one_robots_commands_and_passes_unreadable_bytes_on() -> None:

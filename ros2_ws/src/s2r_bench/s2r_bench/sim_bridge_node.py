@@ -21,7 +21,8 @@ simulator's own compute time is not part of the robot's loop);
 ``mode: lockstep`` stamps with the simulated time and steps as soon as every robot has answered the last odometry
 (its command carries that stamp), or after ``lockstep_timeout_s`` of wall clock. In lock step the nodes that
 read the stamps (the policy node) must run on simulated time (``use_sim_time: true``, from ``/clock``, which
-goes out before the states it belongs to); commands are still timed out on the wall clock.
+goes out before the states it belongs to; in real time it goes out after them); commands are still timed out on
+the wall clock.
 
 Start-up: with ``hold_until_connected`` (default true) the simulation stands still, the robots held at their
 initial states (published at the control rate, so nothing goes stale), until every robot's state topic has
@@ -197,14 +198,20 @@ class SimBridgeNode(Node):
         self._publish_states(self._now_ns())  # the states are measured now, after the physics step
 
     def _publish_states(self, now: int) -> None:
-        """Publish ``/clock``, every robot's state and (every goal period or on change) the goals."""
+        """Publish every robot's state, ``/clock`` (before the states in lock step, where the nodes on simulated
+        time read it, else after them: nothing on the control path waits for it) and (every goal period or on
+        change) the goals."""
         sim_ns = round(self.sim.time_s * 1e9)
-        stamp = self.last_stamp_ns = sim_ns if self.mode == "lockstep" else now
+        lockstep = self.mode == "lockstep"
+        stamp = self.last_stamp_ns = sim_ns if lockstep else now
         clock = Clock()
         fill_stamp(clock.clock, sim_ns)
-        self.clock_publisher.publish(clock)
+        if lockstep:
+            self.clock_publisher.publish(clock)
         for agent, state in enumerate(self.sim.states(stamp)):
             self.state_publishers[agent].publish(self.odometry[agent].encode(state))
+        if not lockstep:
+            self.clock_publisher.publish(clock)
         goals = self.sim.targets()
         if now - self.last_goal_ns >= self.goal_period_ns or not np.allclose(goals, self.goals):
             self.goals, self.last_goal_ns = goals, now

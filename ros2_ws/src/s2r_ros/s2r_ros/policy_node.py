@@ -44,6 +44,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
+from s2r_ros.bursts import take_waiting
 from s2r_ros.executor import run_node
 from s2r_ros.parameters import array_parameter
 from s2r_ros.qos import COMMAND, DIAGNOSTICS, SENSOR
@@ -144,10 +145,8 @@ class PolicyNode(Node):
         """Robot ``agent``'s serialized odometry and the other robots' that has arrived: stepped together."""
         states: dict[int, RobotState] = {}
         self._read_odometry(agent, data, states)
-        for other, subscription in enumerate(self.odometry_subscriptions):
-            if other != agent:  # taken here, it is not delivered to its own callback
-                while (taken := subscription.handle.take_message(subscription.msg_type, True)) is not None:
-                    self._read_odometry(other, taken[0], states)
+        for other, waiting in take_waiting(self.odometry_subscriptions, agent):
+            self._read_odometry(other, waiting, states)
         for out in self.controller.on_states(states, self._now_ns()) if states else ():
             self._publish(out)
 
