@@ -1,11 +1,12 @@
-"""A robot's message stream gets exactly the perturbation its agent gets in simulation."""
+"""A robot's message stream gets exactly the perturbation its agent gets in simulation; a swarm's bursts too."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sim2real.envs import make
-from sim2real.perturb import StreamPerturber, apply
+from sim2real.perturb import BurstPerturber, StreamPerturber, apply
 
 SPEC = "obs.gaussian(std=0.1,fields=pos,agents=random:2)+obs.delay(steps=2,fields=vel)+timing.loss(rate=0.3,burst=2)"
 
@@ -65,3 +66,69 @@ def test_stream_switch_and_reset():
     s.set_enabled(True)
     s.reset()
     assert np.all(s.observe(np.zeros(6)) == 1)
+
+
+LAYOUT = {"pos": 3, "vel": 3}
+STEP_FREE = "obs.gaussian(std=0.1,fields=pos,agents=random:2)+obs.bias(value=0.5,fields=vel)+obs.clip(low=-2,high=2)"
+
+
+def test_a_step_free_spec_perturbs_a_whole_burst_in_one_swarm_call_with_each_robots_own_values():
+    rng = np.random.default_rng(0)
+    burst = BurstPerturber(STEP_FREE, LAYOUT, num_agents=4, seed=5, log_capacity=0)
+    streams = [StreamPerturber(STEP_FREE, LAYOUT, agent=i, num_agents=4, seed=5) for i in range(4)]
+    assert burst.swarm and not burst.streams
+    for _ in range(30):  # complete bursts, the robots in any order: exactly each robot's own stream
+        order = rng.permutation(4).tolist()
+        messages = rng.normal(size=(4, 6))
+        outs = burst.observe(order, messages)
+        for robot, message, out in zip(order, messages, outs, strict=True):
+            np.testing.assert_array_equal(out, streams[robot].observe(message))
+    assert burst.obs_bursts == 30  # one pipeline call per burst
+    for robot in range(4):
+        assert burst.counts(robot) == streams[robot].log.counts()
+    noisy = [robot for robot in range(4) if "0:obs.gaussian" in burst.counts(robot)]
+    assert len(noisy) == 2  # random:2 picks the same two robots as the streams do
+
+    before = {robot: burst.counts(robot)["1:obs.bias"]["events"] for robot in range(4)}
+    outs = burst.observe([1, 3, 1], np.zeros((3, 6)))  # robot 1 twice: its messages in order, in two calls
+    assert burst.obs_bursts == 32
+    for out in outs:
+        np.testing.assert_array_equal(out[3:], 0.5)  # the bias on every message
+    after = {robot: burst.counts(robot)["1:obs.bias"]["events"] for robot in range(4)}
+    assert [after[r] - before[r] for r in range(4)] == [0, 2, 0, 1]  # only the robots the burst carried count
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "obs.dropout(rate=0.3)",  # holds the last value: memory
+        "obs.gaussian(std=0.1)+obs.delay(steps=2,fields=vel)",
+        "obs.gaussian(std=0.1,start=5)",  # the schedule counts each robot's messages
+        "timing.loss(rate=0.3,burst=2)",
+    ],
+)
+def test_other_specs_step_each_robots_own_stream_even_in_partial_bursts(spec: str):
+    rng = np.random.default_rng(1)
+    burst = BurstPerturber(spec, LAYOUT, num_agents=3, seed=2)
+    streams = [StreamPerturber(spec, LAYOUT, agent=i, num_agents=3, seed=2) for i in range(3)]
+    assert not burst.swarm and len(burst.streams) == 3
+    for _ in range(40):
+        robots = rng.choice(3, size=rng.integers(1, 4), replace=False).tolist()  # some robots' messages are late
+        messages = rng.normal(size=(len(robots), 6))
+        for robot, message, out in zip(robots, messages, burst.observe(robots, messages), strict=True):
+            expected = streams[robot].observe(message)
+            assert (out is None and expected is None) or np.array_equal(out, expected)
+    for robot in range(3):
+        assert burst.counts(robot) == streams[robot].log.counts()
+
+
+def test_burst_switch_and_bad_input():
+    burst = BurstPerturber("action.scale(factor=0.5)", {"pos": 3}, act_dim=2, num_agents=2, seed=0)
+    assert burst.swarm
+    np.testing.assert_allclose(burst.command([0, 1], np.ones((2, 2))), 0.5)
+    burst.set_enabled(False)
+    np.testing.assert_allclose(burst.command([1], np.ones((1, 2))), 1.0)
+    with pytest.raises(ValueError, match="outside the swarm of 2"):
+        burst.command([2], np.ones((1, 2)))
+    with pytest.raises(ValueError, match=r"shape \(1, 3\), expected \(1, 2\)"):
+        burst.command([0], np.ones((1, 3)))

@@ -33,6 +33,7 @@ class ActionDelay(Delay):
 
 
 class ActionScale(ValuePerturbation):
+    memoryless = True
     kind = "action.scale"
     channel = "action"
     summary = "multiplies the hit action dims by `factor`."
@@ -44,6 +45,7 @@ class ActionScale(ValuePerturbation):
 
 
 class ActionSaturate(ValuePerturbation):
+    memoryless = True
     kind = "action.saturate"
     channel = "action"
     summary = "clips the hit action dims to [-limit, limit] (a motor that cannot reach full command)."
@@ -57,6 +59,7 @@ class ActionSaturate(ValuePerturbation):
 
 
 class ActionStuck(ValuePerturbation):
+    memoryless = True
     kind = "action.stuck"
     channel = "action"
     summary = "holds the hit action dims at `value` (a stuck motor or actuator)."

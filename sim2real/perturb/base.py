@@ -97,34 +97,50 @@ class EventLog:
     Rows hold ``kind``, ``name``, ``global_step``, ``episode_step``, ``env``, ``agent`` and ``magnitude``
     (L2 norm of the change for values; steps of staleness for timing; the factor drawn for a dynamics
     shift, recorded once per episode at reset with ``global_step = -1``; wind speed and push force per step).
-    At most ``capacity`` rows are kept; :meth:`counts` keeps counting beyond it. With ``agent`` set, only that
-    agent's hits are recorded (a robot's message stream, whose batch's other rows hold no message).
+    At most ``capacity`` rows are kept; :meth:`counts` keeps counting beyond it, also per agent. With ``agent``
+    set, only that agent's hits are recorded (a robot's message stream, whose batch's other rows hold no
+    message); with :attr:`agents` set, only those agents' (the robots a burst of messages carries).
     """
 
     def __init__(self, capacity: int = 200_000, agent: int | None = None) -> None:
         self.capacity = capacity
         self.agent = agent
+        self.agents: np.ndarray | None = None
+        """Agents whose hits are recorded now (bool ``[N]``), None for all; :class:`BurstPerturber` sets it."""
         self._chunks: list[tuple[str, str, np.ndarray]] = []
         self._rows = 0
         self.dropped = 0
         self._counts: dict[str, int] = {}
         self._magnitude_sums: dict[str, float] = {}
+        self._agent_counts: dict[str, np.ndarray] = {}  # name -> hits per agent [N]
+        self._agent_magnitude_sums: dict[str, np.ndarray] = {}
 
     def add(
         self, kind: str, name: str, global_step: int, episode_step: np.ndarray, hit: np.ndarray, mag: np.ndarray
     ) -> None:
         """Record the hits ``hit [E, N]`` with magnitudes ``mag [E, N]`` at the given steps."""
-        if self.agent is None:
-            env_idx, agent_idx = np.nonzero(hit)
-        else:  # a robot's stream: its own column only
+        if self.agent is not None:  # a robot's stream: its own column only
             (env_idx,) = np.nonzero(hit[:, self.agent])
             agent_idx = np.full(len(env_idx), self.agent)
+        else:
+            env_idx, agent_idx = np.nonzero(hit if self.agents is None else hit & self.agents)
         n = len(env_idx)
         if n == 0:
             return
-        self._counts[name] = self._counts.get(name, 0) + n
         values = np.asarray(mag, dtype=np.float64)[env_idx, agent_idx]
-        self._magnitude_sums[name] = self._magnitude_sums.get(name, 0.0) + float(values.sum())
+        total = float(values.sum())
+        self._counts[name] = self._counts.get(name, 0) + n
+        self._magnitude_sums[name] = self._magnitude_sums.get(name, 0.0) + total
+        num_agents = hit.shape[1]
+        if name not in self._agent_counts:
+            self._agent_counts[name] = np.zeros(num_agents, dtype=np.int64)
+            self._agent_magnitude_sums[name] = np.zeros(num_agents)
+        if self.agent is not None:
+            self._agent_counts[name][self.agent] += n
+            self._agent_magnitude_sums[name][self.agent] += total
+        else:
+            self._agent_counts[name] += np.bincount(agent_idx, minlength=num_agents)
+            self._agent_magnitude_sums[name] += np.bincount(agent_idx, weights=values, minlength=num_agents)
         room = self.capacity - self._rows
         if room <= 0:
             self.dropped += n
@@ -158,10 +174,18 @@ class EventLog:
                 )
         return out
 
-    def counts(self) -> dict[str, dict[str, float]]:
-        """Per perturbation name: number of hits and mean magnitude (over every hit, kept or not)."""
+    def counts(self, agent: int | None = None) -> dict[str, dict[str, float]]:
+        """Per perturbation name: number of hits and mean magnitude (over every hit, kept or not), of all agents
+        or of ``agent`` only (names that never hit it are left out)."""
+        if agent is None:
+            return {
+                name: {"events": n, "mean_magnitude": self._magnitude_sums[name] / n}
+                for name, n in self._counts.items()
+            }
         return {
-            name: {"events": n, "mean_magnitude": self._magnitude_sums[name] / n} for name, n in self._counts.items()
+            name: {"events": int(n[agent]), "mean_magnitude": float(self._agent_magnitude_sums[name][agent] / n[agent])}
+            for name, n in self._agent_counts.items()
+            if n[agent]
         }
 
 
@@ -187,6 +211,9 @@ class Perturbation:
     channel: ClassVar[str]
     summary: ClassVar[str]
     params: ClassVar[dict[str, Param]]
+    memoryless: ClassVar[bool] = False
+    """True for kinds whose output at a step depends only on that step's input, the episode's draws (agents hit,
+    parameters) and new random draws: no earlier input, no state carried from step to step."""
 
     def __init__(self, spec: PerturbationSpec, index: int) -> None:
         self.spec = spec
@@ -262,6 +289,12 @@ class Perturbation:
 
     def reset_state(self, env_ids: np.ndarray) -> None:
         """Clear per-episode state of ``env_ids``."""
+
+    @property
+    def step_free(self) -> bool:
+        """Whether a step's output depends on neither earlier steps nor the step count: a memoryless kind on the
+        default schedule (every step, full strength). Such a perturbation can step any set of agents together."""
+        return self.memoryless and self._always_full
 
     # ------------------------------------------------------------------ per step
     def gate(self, episode_step: np.ndarray, global_step: int) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ class ObsGaussian(Gaussian):
 
 
 class ObsUniform(ValuePerturbation):
+    memoryless = True
     kind = "obs.uniform"
     channel = "obs"
     summary = "adds noise uniform in [-bound, bound] to the hit fields every step."
@@ -30,6 +31,7 @@ class ObsUniform(ValuePerturbation):
 
 
 class ObsBias(ValuePerturbation):
+    memoryless = True
     kind = "obs.bias"
     channel = "obs"
     summary = "adds a constant offset to the hit fields."
@@ -105,6 +107,7 @@ class ObsDelay(Delay):
 
 
 class ObsQuantize(ValuePerturbation):
+    memoryless = True
     kind = "obs.quantize"
     channel = "obs"
     summary = "rounds the hit fields to multiples of `step` (sensor resolution)."
@@ -119,6 +122,7 @@ class ObsQuantize(ValuePerturbation):
 
 
 class ObsSpike(ValuePerturbation):
+    memoryless = True
     kind = "obs.spike"
     channel = "obs"
     summary = "adds outliers of +-`magnitude` to single values with probability `rate` each per step."
@@ -136,6 +140,7 @@ class ObsSpike(ValuePerturbation):
 
 
 class ObsClip(ValuePerturbation):
+    memoryless = True
     kind = "obs.clip"
     channel = "obs"
     summary = "clips the hit fields to [low, high] (sensor range)."

@@ -8,10 +8,14 @@ all of them), and a robot's stream gets exactly the values agent ``agent`` of a 
 message at the nominal rate). Its ground truth (:attr:`StreamPerturber.log`) records this robot's hits only.
 Dynamics kinds need the simulator and are rejected here (the bench applies them in the sim bridge);
 adversarial malicious agents need the whole swarm's observations.
+
+A :class:`BurstPerturber` serves a whole swarm whose messages come in bursts (a swarm driver publishes every
+robot's state at once): one pipeline call per burst where the spec allows it, else one stream per robot.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,7 @@ import numpy as np
 from sim2real.perturb.adversarial import AttackTarget
 from sim2real.perturb.base import Context, layout_from
 from sim2real.perturb.pipeline import Pipeline
-from sim2real.perturb.spec import Spec, SpecError
+from sim2real.perturb.spec import Spec, SpecError, parse_spec
 from sim2real.perturb.timing import TimingFault
 
 
@@ -114,3 +118,127 @@ class StreamPerturber:
         if v.shape != (size,):
             raise ValueError(f"{what} message has {v.size} values, the layout has {size}")
         return v
+
+
+class BurstPerturber:
+    """Perturbs a swarm's observation (sensor) and command messages a burst at a time.
+
+    A burst is the messages that arrived together: robot ``agents[k]`` sent ``messages[k]``; a robot can appear
+    more than once (its messages in order). When every perturbation of the spec is step-free
+    (:attr:`~sim2real.perturb.base.Perturbation.step_free`: a memoryless kind on the default schedule, such as
+    Gaussian noise, bias, spikes, clipping or scaling), the robots of a burst go through one pipeline call over
+    the whole swarm (``[1, num_agents, D]``, each robot in its row): one call per burst instead of one per robot
+    (:attr:`swarm` is True). Any other spec runs each message through its own robot's :class:`StreamPerturber`,
+    because a robot's delay lines, dropouts, timing faults and schedule count that robot's messages.
+
+    Values: while every burst carries each robot once, both give robot ``i`` exactly what its own
+    :class:`StreamPerturber` (agent ``i`` of a one-env :class:`~sim2real.perturb.wrapper.PerturbedEnv` with this
+    seed) would give. In a burst with only some robots the swarm call still draws for every row, so from then on
+    the values differ from a lone stream's, with the same distribution. Ground truth (:meth:`counts`) counts the
+    hits of the robots a burst carried. Arguments as for :class:`StreamPerturber`.
+    """
+
+    def __init__(
+        self,
+        spec: Spec | dict | list | str | Path | None,
+        layout: Any,
+        *,
+        act_dim: int = 0,
+        num_agents: int = 1,
+        seed: int | None = None,
+        log_capacity: int = 200_000,
+    ) -> None:
+        spec = parse_spec(spec)
+        first = StreamPerturber(  # also checks that the spec suits message streams
+            spec, layout, act_dim=act_dim, agent=0, num_agents=num_agents, seed=seed, log_capacity=log_capacity
+        )
+        self.swarm = all(p.step_free for p in first.pipeline.items)
+        self.num_agents = num_agents
+        if self.swarm:
+            self.streams: list[StreamPerturber] = []
+            self.pipeline = Pipeline(spec, first.pipeline.ctx, seed, log_capacity=log_capacity)
+        else:
+            self.streams = [first] + [
+                StreamPerturber(
+                    spec, layout, act_dim=act_dim, agent=i, num_agents=num_agents, seed=seed, log_capacity=log_capacity
+                )
+                for i in range(1, num_agents)
+            ]
+            self.pipeline = first.pipeline
+        ctx = first.pipeline.ctx
+        self._obs = np.zeros((1, num_agents, ctx.obs_dim), dtype=np.float32)
+        self._act = np.zeros((1, num_agents, act_dim), dtype=np.float32)
+        self.obs_bursts = 0  # swarm calls so far (the pipeline's step count)
+        self.act_bursts = 0
+
+    def set_enabled(self, on: bool, name: str | None = None) -> None:
+        """Switch one perturbation (by name) or all of them on or off, for every robot."""
+        for pipeline in [s.pipeline for s in self.streams] or [self.pipeline]:
+            pipeline.set_enabled(on, name)
+
+    def counts(self, agent: int) -> dict[str, dict[str, float]]:
+        """Robot ``agent``'s hits so far per perturbation name: ``{"events", "mean_magnitude"}``."""
+        return self.streams[agent].log.counts() if self.streams else self.pipeline.log.counts(agent)
+
+    def observe(self, agents: Sequence[int], messages: np.ndarray) -> list[np.ndarray | None]:
+        """The observation messages ``[k, D]`` of robots ``agents`` to pass on now; None where nothing new is
+        delivered (lost or late)."""
+        if self.streams:
+            return [self.streams[a].observe(m) for a, m in zip(agents, messages, strict=True)]
+        return self._burst(agents, messages, self._obs, self._observations, "observation")
+
+    def command(self, agents: Sequence[int], messages: np.ndarray) -> list[np.ndarray | None]:
+        """The command messages ``[k, A]`` of robots ``agents`` to pass on now; None where nothing new is delivered."""
+        if self.streams:
+            return [self.streams[a].command(m) for a, m in zip(agents, messages, strict=True)]
+        return self._burst(agents, messages, self._act, self._actions, "command")
+
+    def _observations(self, x: np.ndarray) -> np.ndarray:
+        step = self.obs_bursts
+        self.obs_bursts += 1
+        return self.pipeline.observations(x, np.array([step]), step)
+
+    def _actions(self, x: np.ndarray) -> np.ndarray:
+        step = self.act_bursts
+        self.act_bursts += 1
+        return self.pipeline.actions(x, None, np.array([step]), step)
+
+    def _burst(
+        self,
+        agents: Sequence[int],
+        messages: np.ndarray,
+        buffer: np.ndarray,
+        run: Callable[[np.ndarray], np.ndarray],
+        what: str,
+    ) -> list[np.ndarray | None]:
+        """Swarm mode: each robot's ``k``-th message of the burst goes in the ``k``-th pipeline call."""
+        robots = [int(a) for a in agents]
+        messages = np.asarray(messages, dtype=np.float32)
+        if messages.shape != (len(robots), buffer.shape[-1]):
+            expected = (len(robots), buffer.shape[-1])
+            raise ValueError(f"{what} messages have shape {messages.shape}, expected {expected}")
+        if any(not 0 <= a < self.num_agents for a in robots):
+            raise ValueError(f"robots {robots} outside the swarm of {self.num_agents} (0..{self.num_agents - 1})")
+        if len(set(robots)) == len(robots):  # the usual burst: each robot once, one call
+            calls = [list(range(len(robots)))]
+        else:  # calls[c]: the positions in the burst of the robots' c-th messages
+            calls, sent = [], {}
+            for k, robot in enumerate(robots):
+                c = sent[robot] = sent.get(robot, -1) + 1
+                if c == len(calls):
+                    calls.append([])
+                calls[c].append(k)
+        out: list[np.ndarray | None] = [None] * len(robots)
+        log = self.pipeline.log
+        for picked in calls:
+            rows = [robots[k] for k in picked]
+            buffer[0, rows] = messages[picked]
+            log.agents = np.zeros(self.num_agents, dtype=bool)
+            log.agents[rows] = True
+            try:
+                perturbed = run(buffer.copy())[0, rows]  # a copy (fancy indexing)
+            finally:
+                log.agents = None
+            for k, values in zip(picked, perturbed, strict=True):
+                out[k] = values
+        return out

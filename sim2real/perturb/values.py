@@ -111,6 +111,7 @@ class Delay(ValuePerturbation):
 
 
 class Gaussian(ValuePerturbation):
+    memoryless = True
     params = {"std": Param("float", REQUIRED, "Standard deviation (units of the hit fields).", low=0.0, strength=True)}
 
     def transform(self, x, hit, strength):

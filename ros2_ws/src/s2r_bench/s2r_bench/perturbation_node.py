@@ -6,9 +6,9 @@ Per robot ``R`` of ``robots``, it proxies ``R/<state_in>`` (``odom_raw``) to ``R
 the serialized bytes (:mod:`sim2real.deploy.cdr`: no deserialization on the control path; headers, frame ids,
 covariances and angular rates pass through). Bytes that are not such a message in little-endian CDR are
 passed on untouched, with a throttled error in the log: the proxy hides nothing from the node behind it,
-which has its own checks (the policy node fails safe). Each message goes through
-:class:`sim2real.perturb.stream.StreamPerturber` (the same perturbation objects as the simulator, one call per
-message): odometry as the fields ``position`` [3] (world, m), ``attitude`` [4] (quaternion x, y, z, w;
+which has its own checks (the policy node fails safe). The messages go through a
+:class:`sim2real.perturb.stream.BurstPerturber` (the same perturbation objects as the simulator): odometry as the
+fields ``position`` [3] (world, m), ``attitude`` [4] (quaternion x, y, z, w;
 renormalised after perturbation), ``velocity`` [3] (world, m/s) and ``gyro`` [3] (body, rad/s), so a
 spec's sensor names (``fields: [position, velocity]``) mean the same as in simulation; commands in the
 policy's action units (``command = offset + scale * action`` from the bundle's contract), so malicious
@@ -18,10 +18,13 @@ float32, as in simulation; a message they leave as it was goes on byte for byte.
 the simulator and are rejected here.
 
 Bursts: a swarm driver publishes every robot's state at once. A callback also takes the other robots' messages
-waiting on the same hop, perturbs each on its own robot's stream (nothing changes per robot), then forwards them
-together, so the node behind gets the swarm's states at once and the policy node steps them in one inference
-instead of one per robot. On the 16-drone bench with this hop at normal scheduling this cut the policy node's
-CPU from 54 % to 43 % and raised the achieved command rate from 76 % to 96 % (one 15 s run each, 2 cores).
+waiting on the same hop, perturbs them as one burst, then forwards them together, so the node behind gets the
+swarm's states at once and the policy node steps them in one inference instead of one per robot. On the
+16-drone bench with this hop at normal scheduling this cut the policy node's CPU from 54 % to 43 % and raised the
+achieved command rate from 76 % to 96 % (one 15 s run each, 2 cores). A spec of step-free perturbations (memoryless
+kinds such as noise, bias or clipping, on the default schedule) perturbs a burst in one pipeline call over the
+swarm; any other spec steps each robot's own stream, message by message, as its delays, dropouts and timing
+faults count that robot's messages (:class:`~sim2real.perturb.stream.BurstPerturber`).
 
 Ground truth: every ``events_period_s`` (default 0.1 s) the hits since the last report go out on
 ``/bench/perturbation_events`` (``std_msgs/String``): a JSON list of ``{robot, stream, kind, name, hits,
@@ -63,7 +66,7 @@ from sim2real.deploy.cdr import (
 )
 from sim2real.deploy.state import RobotState
 from sim2real.export import verify_bundle
-from sim2real.perturb.stream import StreamPerturber
+from sim2real.perturb.stream import BurstPerturber
 
 NODE_NAME = "perturbation_node"
 ODOMETRY_LAYOUT = {"position": 3, "attitude": 4, "velocity": 3, "gyro": 3}
@@ -89,6 +92,25 @@ def changed(message: np.ndarray, perturbed: np.ndarray) -> bool:
     """Whether the perturbations changed ``message``: compared at their precision (float32), so a message they
     left alone is forwarded byte for byte instead of after a float32 round trip."""
     return not np.array_equal(perturbed, message.astype(perturbed.dtype))
+
+
+def forwarded(
+    messages: list[bytes],
+    before: np.ndarray,
+    after: list[np.ndarray | None],
+    patch: Callable[[int, np.ndarray], bytes],
+) -> list[bytes | None]:
+    """What goes on for each message ``k``: None where the perturbations delivered nothing (dropped, late), its
+    bytes as they came where they changed nothing (``before[k]`` vs ``after[k]``), else ``patch(k, after[k])``."""
+    out: list[bytes | None] = []
+    for k, message in enumerate(messages):
+        if after[k] is None:
+            out.append(None)
+        elif changed(before[k], after[k]):
+            out.append(patch(k, after[k]))
+        else:
+            out.append(message)
+    return out
 
 
 class PerturbationNode(Node):
@@ -119,11 +141,9 @@ class PerturbationNode(Node):
             self.scale = np.asarray(contract["command"]["scale"], dtype=np.float64)
             act_dim = len(self.offset)
         n = len(self.robots)
-        self.perturbers = [  # the node reports hit counts only: no ground-truth rows kept (memory, and time per hit)
-            StreamPerturber(spec, ODOMETRY_LAYOUT, act_dim=act_dim, agent=i, num_agents=n, seed=seed, log_capacity=0)
-            for i in range(n)
-        ]
-        self.kinds = {p.name: p.kind for p in self.perturbers[0].pipeline.items}
+        # the node reports hit counts only: no ground-truth rows kept (memory, and time per hit)
+        self.perturber = BurstPerturber(spec, ODOMETRY_LAYOUT, act_dim=act_dim, num_agents=n, seed=seed, log_capacity=0)
+        self.kinds = {p.name: p.kind for p in self.perturber.pipeline.items}
         self.counts: list[dict[str, int]] = [{} for _ in range(n)]
         self.pending: dict[tuple[int, str, str], int] = {}  # (agent, stream, name) -> hits since the last report
         self.state_publishers, self.command_publishers = [], []
@@ -146,79 +166,93 @@ class PerturbationNode(Node):
             raise ValueError(f"parameter 'events_period_s' must be > 0 s, got {events_period_s}")
         self.create_timer(events_period_s, self._publish_events)
         self.create_service(SetBool, "~/set_enabled", self._on_set_enabled)
-        explained = "; ".join(self.perturbers[0].pipeline.explain()) or "nothing (pass-through)"
+        explained = "; ".join(self.perturber.pipeline.explain()) or "nothing (pass-through)"
         hops = f"{state_in} -> {state_out}" + (f", {command_in} -> {command_out}" if command_in else "")
         self.get_logger().info(f"{', '.join(self.robots)}: {hops}: {explained}")
 
     def _on_state(self, agent: int, data: bytes) -> None:
         """Robot ``agent``'s serialized odometry, with the other robots' that arrived with it (see :meth:`_burst`)."""
-        self._burst(self._perturb_state, self.state_subscriptions, self.state_publishers, agent, data)
+        self._burst(
+            self.state_subscriptions, self.state_publishers, agent, data, self._read_state, self._perturb_states
+        )
 
     def _on_command(self, agent: int, data: bytes) -> None:
         """Robot ``agent``'s serialized velocity command, with the other robots' that arrived with it."""
-        self._burst(self._perturb_command, self.command_subscriptions, self.command_publishers, agent, data)
+        self._burst(
+            self.command_subscriptions, self.command_publishers, agent, data, self._read_command, self._perturb_commands
+        )
 
-    @staticmethod
     def _burst(
-        perturb: Callable[[int, bytes], bytes | None],
+        self,
         subscriptions: list[Subscription],
         publishers: list[Publisher],
         agent: int,
         data: bytes,
+        read: Callable[[bytes], Any],
+        perturb: Callable[[list[int], list[bytes], list[Any]], list[bytes | None]],
     ) -> None:
         """Perturb robot ``agent``'s message and the other robots' that are waiting (a swarm driver publishes
-        every robot at once), each on its own robot's stream as before, then forward what is delivered together:
-        the node behind gets the swarm's messages as one burst (the policy node steps them in one inference)
-        instead of one at a time, a perturbation apart."""
+        every robot at once) as one burst of the :class:`BurstPerturber`, then forward what is delivered together:
+        the node behind gets the swarm's messages at once (the policy node steps them in one inference) instead
+        of one at a time, a perturbation apart. Bytes that cannot be read go on as they came."""
         burst = [(agent, data), *take_waiting(subscriptions, agent)]
-        delivered = [(robot, out) for robot, message in burst if (out := perturb(robot, message)) is not None]
-        for robot, out in delivered:
-            publishers[robot].publish(out)
+        outgoing: list[bytes | None] = [message for _, message in burst]
+        readable: list[tuple[int, int, bytes, Any]] = []  # (position in the burst, robot, bytes, what was read)
+        for position, (robot, message) in enumerate(burst):
+            try:
+                readable.append((position, robot, message, read(message)))
+            except CdrError as err:
+                self._log_unread(robot, err)
+        if readable:
+            positions, robots, messages, contents = zip(*readable, strict=True)
+            for position, out in zip(positions, perturb(list(robots), list(messages), list(contents)), strict=True):
+                outgoing[position] = out
+        for (robot, _), out in zip(burst, outgoing, strict=True):
+            if out is not None:
+                publishers[robot].publish(out)
 
-    def _perturb_state(self, agent: int, data: bytes) -> bytes | None:
-        """Robot ``agent``'s serialized odometry, perturbed (None: dropped); unreadable bytes pass unchanged."""
-        try:
-            state = read_odometry_cdr(data, self.twist_frame)
-        except CdrError as err:
-            self._log_unread(agent, err)
-            return data
-        vector = state_vector(state)
-        out = self.perturbers[agent].observe(vector)
-        self._report(agent, "state")
-        if out is None:
-            return None
-        if changed(vector, out):
-            return patch_odometry_cdr(data, vector_state(out, state.stamp_ns), self.twist_frame)
-        return data
+    def _read_state(self, data: bytes) -> RobotState:
+        """The robot state in serialized odometry."""
+        return read_odometry_cdr(data, self.twist_frame)
 
-    def _perturb_command(self, agent: int, data: bytes) -> bytes | None:
-        """Robot ``agent``'s serialized velocity command, perturbed in action units (None: dropped)."""
-        try:
-            linear, _, _ = read_twist_stamped_cdr(data)
-        except CdrError as err:
-            self._log_unread(agent, err)
-            return data
-        action = (linear - self.offset) / self.scale
-        out = self.perturbers[agent].command(action)
-        self._report(agent, "command")
-        if out is None:
-            return None
-        if changed(action, out):
-            return patch_twist_stamped_cdr(data, self.offset + self.scale * out)
-        return data
+    def _read_command(self, data: bytes) -> np.ndarray:
+        """The command's ``twist.linear`` ``[3]`` [m/s]."""
+        return read_twist_stamped_cdr(data)[0]
+
+    def _perturb_states(self, robots: list[int], data: list[bytes], states: list[RobotState]) -> list[bytes | None]:
+        """The robots' serialized odometry, perturbed (None: dropped)."""
+        vectors = np.stack([state_vector(state) for state in states])
+        outs = self.perturber.observe(robots, vectors)
+        self._report(robots, "state")
+        return forwarded(
+            data,
+            vectors,
+            outs,
+            lambda k, out: patch_odometry_cdr(data[k], vector_state(out, states[k].stamp_ns), self.twist_frame),
+        )
+
+    def _perturb_commands(self, robots: list[int], data: list[bytes], linear: list[np.ndarray]) -> list[bytes | None]:
+        """The robots' serialized velocity commands, perturbed in action units (None: dropped)."""
+        actions = (np.stack(linear) - self.offset) / self.scale
+        outs = self.perturber.command(robots, actions)
+        self._report(robots, "command")
+        return forwarded(
+            data, actions, outs, lambda k, out: patch_twist_stamped_cdr(data[k], self.offset + self.scale * out)
+        )
 
     def _log_unread(self, agent: int, err: CdrError) -> None:
         """Say (at most once a second) that robot ``agent``'s bytes could not be read and went on as they came."""
         self.get_logger().error(f"{self.robots[agent]}: passed on unperturbed: {err}", throttle_duration_sec=1.0)
 
-    def _report(self, agent: int, stream: str) -> None:
-        """Add the hits the last message added to robot ``agent``'s event log to the next report."""
-        for name, count in self.perturbers[agent].log.counts().items():
-            hits = count["events"] - self.counts[agent].get(name, 0)
-            if hits > 0:
-                self.counts[agent][name] = count["events"]
-                key = (agent, stream, name)
-                self.pending[key] = self.pending.get(key, 0) + hits
+    def _report(self, robots: list[int], stream: str) -> None:
+        """Add the hits the last burst added to its robots' counts to the next report."""
+        for agent in set(robots):
+            for name, count in self.perturber.counts(agent).items():
+                hits = count["events"] - self.counts[agent].get(name, 0)
+                if hits > 0:
+                    self.counts[agent][name] = count["events"]
+                    key = (agent, stream, name)
+                    self.pending[key] = self.pending.get(key, 0) + hits
 
     def _publish_events(self) -> None:
         """Publish the pending hits as one JSON list (nothing when there are none)."""
@@ -231,7 +265,7 @@ class PerturbationNode(Node):
                 "kind": self.kinds[name],
                 "name": name,
                 "hits": hits,
-                "mean_magnitude": self.perturbers[agent].log.counts()[name]["mean_magnitude"],
+                "mean_magnitude": self.perturber.counts(agent)[name]["mean_magnitude"],
             }
             for (agent, stream, name), hits in self.pending.items()
         ]
@@ -239,8 +273,7 @@ class PerturbationNode(Node):
         self.events_publisher.publish(String(data=json.dumps(records)))
 
     def _on_set_enabled(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
-        for perturber in self.perturbers:
-            perturber.set_enabled(request.data)
+        self.perturber.set_enabled(request.data)
         response.success = True
         response.message = f"perturbations {'on' if request.data else 'off'}"
         self.get_logger().info(response.message)
