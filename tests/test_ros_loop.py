@@ -23,7 +23,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
-from s2r_bench.perturbation_node import ODOMETRY_LAYOUT, PerturbationNode, state_vector
+from s2r_bench.perturbation_node import ODOMETRY_LAYOUT, PerturbationNode
 from s2r_bench.sim_bridge_node import SimBridgeNode
 from s2r_ros.qos import COMMAND, SENSOR
 from std_msgs.msg import String
@@ -208,8 +208,8 @@ def test_perturbation_node_forwards_the_robots_waiting_together_each_on_its_own_
                 driver_executor.spin_once(timeout_sec=0.01)
             delivered_per_callback.append(sum(map(len, received.values())) - before)
             for i, (robot, state) in enumerate(zip(robots, states, strict=True)):
-                expected.append(streams[i].observe(state_vector(state)))
-                got.append(state_vector(read_odometry(received[robot][-1])) if received[robot] else None)
+                expected.append(streams[i].observe(state.row()))
+                got.append(read_odometry(received[robot][-1]).row() if received[robot] else None)
     finally:
         node_executor.shutdown()
         driver_executor.shutdown()

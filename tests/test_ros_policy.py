@@ -38,10 +38,13 @@ from sim2real.deploy.cdr import (
     CdrError,
     OdometryWriter,
     TwistStampedWriter,
+    odometry_offset,
     patch_odometry_cdr,
     patch_twist_stamped_cdr,
     read_odometry_cdr,
+    read_odometry_rows,
     read_twist_stamped_cdr,
+    write_odometry_rows,
 )
 from sim2real.deploy.codecs import fill_odometry, read_odometry, stamp_to_ns
 from sim2real.deploy.realtime import check_priority
@@ -176,6 +179,32 @@ def test_cdr_odometry_is_what_rclpy_serializes_and_reads_back(
     assert (patched.header.frame_id, patched.child_frame_id) == (frame_id, child_frame_id)
     np.testing.assert_allclose(read_odometry(patched, twist_frame).vel, -state.vel, atol=1e-12)
     assert stamp_to_ns(patched.header.stamp) == state.stamp_ns + 5
+
+
+@pytest.mark.parametrize("twist_frame", ["body", "world"])
+def test_cdr_odometry_bursts_read_and_write_what_the_one_message_functions_do(twist_frame: str) -> None:
+    states = [robot_state(seed, stamp_ns=1_000 + seed) for seed in range(4)]
+    messages = []
+    for (frame_id, child_frame_id), state in zip(FRAME_IDS, states, strict=False):  # other lengths, other offsets
+        msg = Odometry()
+        msg.header.frame_id, msg.child_frame_id = frame_id, child_frame_id
+        fill_odometry(msg, state, twist_frame)
+        msg.pose.covariance[3] = 0.5
+        messages.append(serialize_message(msg))
+    offsets = [odometry_offset(m) for m in messages]
+    rows = read_odometry_rows(messages, offsets, twist_frame)
+    assert rows.shape == (4, 13)
+    for row, message in zip(rows, messages, strict=True):
+        np.testing.assert_array_equal(row, read_odometry_cdr(message, twist_frame).row())
+    moved = rows + np.arange(13) * 0.01
+    for message, written, row, state in zip(
+        messages, write_odometry_rows(messages, offsets, moved, twist_frame), moved, states, strict=True
+    ):
+        one = RobotState(row[0:3], row[3:7], row[7:10], row[10:13], state.stamp_ns)
+        assert written == patch_odometry_cdr(message, one, twist_frame)  # byte for byte
+        assert deserialize_message(written, Odometry).pose.covariance[3] == 0.5
+    with pytest.raises(CdrError, match="too short"):
+        odometry_offset(messages[0][:-8])
 
 
 @pytest.mark.parametrize("frame_id", ["world", "", "abcd", "frame_7"])

@@ -24,9 +24,11 @@ unless ``twist_frame="world"``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from sim2real.deploy.codecs import odometry_state, odometry_twist
+from sim2real.deploy.codecs import odometry_state, odometry_twist, state_to_twist, twist_to_state
 from sim2real.deploy.state import RobotState
 
 ENCAPSULATION = b"\x00\x01\x00\x00"
@@ -111,7 +113,7 @@ class StampedBuffer:
 
 def read_odometry_cdr(data: bytes, twist_frame: str = "body") -> RobotState:
     """The :class:`RobotState` in a serialized ``nav_msgs/Odometry`` (like ``codecs.read_odometry``)."""
-    offset = doubles_offset(data, 2, ODOMETRY_DOUBLES, "Odometry")
+    offset = odometry_offset(data)
     v = np.frombuffer(data, dtype="<f8", count=ODOMETRY_DOUBLES, offset=offset)
     return odometry_state(
         v[POSITION].copy(), v[ORIENTATION].copy(), v[LINEAR].copy(), v[ANGULAR].copy(), read_stamp_ns(data), twist_frame
@@ -121,10 +123,47 @@ def read_odometry_cdr(data: bytes, twist_frame: str = "body") -> RobotState:
 def patch_odometry_cdr(data: bytes, state: RobotState, twist_frame: str = "body") -> bytes:
     """A copy of serialized odometry ``data`` with ``state``'s stamp, pose and twist; frame ids and covariances kept."""
     buf = bytearray(data)
-    offset = doubles_offset(buf, 2, ODOMETRY_DOUBLES, "Odometry")
+    offset = odometry_offset(buf)
     _write_odometry(np.frombuffer(buf, dtype="<f8", count=ODOMETRY_DOUBLES, offset=offset), state, twist_frame)
     _write_stamp(buf, state.stamp_ns)
     return bytes(buf)
+
+
+def odometry_offset(data: bytes) -> int:
+    """Byte offset of the doubles of serialized ``nav_msgs/Odometry`` ``data``; :class:`CdrError` if it is not one."""
+    return doubles_offset(data, 2, ODOMETRY_DOUBLES, "Odometry")
+
+
+def read_odometry_rows(messages: Sequence[bytes], offsets: Sequence[int], twist_frame: str = "body") -> np.ndarray:
+    """The states of a burst of serialized odometries as rows ``[k, 13]`` (float64, :meth:`RobotState.row`).
+
+    ``offsets`` are the messages' :func:`odometry_offset`. One pass over the burst: a few numpy calls in all
+    instead of some twenty per message, which is what a message costs in a node that has just woken up.
+    """
+    raw = np.frombuffer(b"".join(m[o : o + 8 * ANGULAR.stop] for m, o in zip(messages, offsets, strict=True)), "<f8")
+    raw = raw.reshape(len(messages), ANGULAR.stop)
+    velocity, body_rates = twist_to_state(raw[:, ORIENTATION], raw[:, LINEAR], raw[:, ANGULAR], twist_frame)
+    return np.concatenate([raw[:, POSITION], raw[:, ORIENTATION], velocity, body_rates], axis=1)
+
+
+def write_odometry_rows(
+    messages: Sequence[bytes], offsets: Sequence[int], rows: np.ndarray, twist_frame: str = "body"
+) -> list[bytes]:
+    """Copies of serialized odometries with the pose and twist of state rows ``[k, 13]``; the stamps, frame ids
+    and covariances kept (the burst form of :func:`patch_odometry_cdr`)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    linear, angular = state_to_twist(rows[:, 3:7], rows[:, 7:10], rows[:, 10:13], twist_frame)
+    pose = np.ascontiguousarray(rows[:, :7], dtype="<f8").tobytes()
+    twist = np.ascontiguousarray(np.concatenate([linear, angular], axis=1), dtype="<f8").tobytes()
+    pose_size, twist_size = 8 * ORIENTATION.stop, 8 * (ANGULAR.stop - LINEAR.start)
+    out = []
+    for k, (message, offset) in enumerate(zip(messages, offsets, strict=True)):
+        buf = bytearray(message)
+        buf[offset : offset + pose_size] = pose[k * pose_size : (k + 1) * pose_size]
+        twist_at = offset + 8 * LINEAR.start
+        buf[twist_at : twist_at + twist_size] = twist[k * twist_size : (k + 1) * twist_size]
+        out.append(bytes(buf))
+    return out
 
 
 def _write_odometry(v: np.ndarray, state: RobotState, twist_frame: str) -> None:

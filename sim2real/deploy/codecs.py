@@ -61,24 +61,43 @@ def odometry_state(
 ) -> RobotState:
     """The :class:`RobotState` of an odometry's pose ``[3]``, ``[4]`` (x, y, z, w) and twist ``[3]``, ``[3]``
     given in ``twist_frame`` (see :func:`read_odometry`)."""
-    rot = quat_to_matrix(quat)  # body to world
-    if twist_frame == "body":
-        linear = rot @ linear
-    elif twist_frame == "world":
-        angular = rot.T @ angular
-    else:
-        raise ValueError(f"twist_frame must be one of {TWIST_FRAMES}, got {twist_frame!r}")
-    return RobotState(position, quat, linear, angular, stamp_ns)
+    velocity, body_rates = twist_to_state(quat, linear, angular, twist_frame)
+    return RobotState(position, quat, velocity, body_rates, stamp_ns)
 
 
 def odometry_twist(state: RobotState, twist_frame: str = "body") -> tuple[np.ndarray, np.ndarray]:
     """The odometry twist (linear ``[3]`` [m/s], angular ``[3]`` [rad/s]) of ``state`` in ``twist_frame``."""
-    rot = quat_to_matrix(np.asarray(state.quat, dtype=np.float64))
+    return state_to_twist(np.asarray(state.quat, dtype=np.float64), state.vel, state.ang_vel_body, twist_frame)
+
+
+def twist_to_state(
+    quat: np.ndarray, linear: np.ndarray, angular: np.ndarray, twist_frame: str = "body"
+) -> tuple[np.ndarray, np.ndarray]:
+    """An odometry twist in ``twist_frame`` as the state's velocity (world) and body rates, ``([..., 3], [..., 3])``,
+    for attitudes ``quat [..., 4]`` (x, y, z, w): one robot or a batch."""
+    rot = quat_to_matrix(quat)  # body to world
     if twist_frame == "body":
-        return rot.T @ state.vel, np.asarray(state.ang_vel_body)
+        return _rotate(rot, linear), angular
     if twist_frame == "world":
-        return np.asarray(state.vel), rot @ state.ang_vel_body
+        return linear, _rotate(np.swapaxes(rot, -1, -2), angular)
     raise ValueError(f"twist_frame must be one of {TWIST_FRAMES}, got {twist_frame!r}")
+
+
+def state_to_twist(
+    quat: np.ndarray, velocity: np.ndarray, body_rates: np.ndarray, twist_frame: str = "body"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`twist_to_state`: the odometry twist ``(linear, angular)`` in ``twist_frame``."""
+    rot = quat_to_matrix(quat)
+    if twist_frame == "body":
+        return _rotate(np.swapaxes(rot, -1, -2), velocity), np.asarray(body_rates)
+    if twist_frame == "world":
+        return np.asarray(velocity), _rotate(rot, body_rates)
+    raise ValueError(f"twist_frame must be one of {TWIST_FRAMES}, got {twist_frame!r}")
+
+
+def _rotate(rot: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """``rot [..., 3, 3] @ vectors [..., 3]`` for each robot."""
+    return (rot @ np.asarray(vectors)[..., None])[..., 0]
 
 
 def fill_odometry(msg: Any, state: RobotState, twist_frame: str = "body") -> None:

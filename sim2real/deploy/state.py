@@ -33,6 +33,10 @@ class RobotState:
     ang_vel_body: np.ndarray
     stamp_ns: int
 
+    def row(self) -> np.ndarray:
+        """The state as one row ``[13]``: ``pos``, ``quat``, ``vel``, ``ang_vel_body`` (the order above)."""
+        return np.concatenate([self.pos, self.quat, self.vel, self.ang_vel_body])
+
 
 class SwarmState:
     """The latest state of each of ``N`` robots, as ``[N, ...]`` float64 arrays in the frames above.

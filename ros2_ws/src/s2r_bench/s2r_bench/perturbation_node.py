@@ -59,12 +59,12 @@ from std_srvs.srv import SetBool
 
 from sim2real.deploy.cdr import (
     CdrError,
-    patch_odometry_cdr,
+    odometry_offset,
     patch_twist_stamped_cdr,
-    read_odometry_cdr,
+    read_odometry_rows,
     read_twist_stamped_cdr,
+    write_odometry_rows,
 )
-from sim2real.deploy.state import RobotState
 from sim2real.export import verify_bundle
 from sim2real.perturb.stream import BurstPerturber
 
@@ -75,41 +75,36 @@ EVENTS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 """Ground truth is not to be lost: reliable, with room for a burst of reports."""
 
 
-def state_vector(state: RobotState) -> np.ndarray:
-    """``[13]``: position, quaternion, world velocity, body rates (the ``ODOMETRY_LAYOUT`` order)."""
-    return np.concatenate([state.pos, state.quat, state.vel, state.ang_vel_body])
-
-
-def vector_state(vector: np.ndarray, stamp_ns: int) -> RobotState:
-    """Inverse of :func:`state_vector`; the quaternion is renormalised (a zero one is left as is)."""
-    v = np.asarray(vector, dtype=np.float64)
-    quat = v[3:7]
-    norm = np.linalg.norm(quat)
-    return RobotState(v[0:3], quat / norm if norm > 0 else quat, v[7:10], v[10:13], stamp_ns)
-
-
-def changed(message: np.ndarray, perturbed: np.ndarray) -> bool:
-    """Whether the perturbations changed ``message``: compared at their precision (float32), so a message they
-    left alone is forwarded byte for byte instead of after a float32 round trip."""
-    return not np.array_equal(perturbed, message.astype(perturbed.dtype))
+def unit_quaternions(rows: np.ndarray) -> np.ndarray:
+    """State rows ``[k, 13]`` (:meth:`sim2real.deploy.state.RobotState.row`) as float64 with their quaternions
+    renormalised (a zero one is left as is)."""
+    rows = np.array(rows, dtype=np.float64)
+    norm = np.linalg.norm(rows[:, 3:7], axis=1, keepdims=True)
+    rows[:, 3:7] /= np.where(norm > 0, norm, 1.0)
+    return rows
 
 
 def forwarded(
     messages: list[bytes],
     before: np.ndarray,
     after: list[np.ndarray | None],
-    patch: Callable[[int, np.ndarray], bytes],
+    patch: Callable[[list[int], np.ndarray], list[bytes]],
 ) -> list[bytes | None]:
     """What goes on for each message ``k``: None where the perturbations delivered nothing (dropped, late), its
-    bytes as they came where they changed nothing (``before[k]`` vs ``after[k]``), else ``patch(k, after[k])``."""
-    out: list[bytes | None] = []
-    for k, message in enumerate(messages):
-        if after[k] is None:
-            out.append(None)
-        elif changed(before[k], after[k]):
-            out.append(patch(k, after[k]))
-        else:
-            out.append(message)
+    bytes as they came where they changed nothing, else the bytes ``patch(ks, values)`` writes for all the changed
+    ones at once. ``before[k]`` and ``after[k]`` are compared at the perturbations' precision (float32), so a
+    message they left alone goes on byte for byte instead of after a float32 round trip."""
+    out: list[bytes | None] = [
+        None if values is None else message for message, values in zip(messages, after, strict=True)
+    ]
+    delivered = [k for k, values in enumerate(after) if values is not None]
+    if delivered:
+        values = np.stack([after[k] for k in delivered])
+        moved = ~np.all(values == before[delivered].astype(values.dtype), axis=1)  # NaN counts as changed
+        ks = [k for k, m in zip(delivered, moved.tolist(), strict=True) if m]
+        if ks:
+            for k, message in zip(ks, patch(ks, values[moved]), strict=True):
+                out[k] = message
     return out
 
 
@@ -172,9 +167,7 @@ class PerturbationNode(Node):
 
     def _on_state(self, agent: int, data: bytes) -> None:
         """Robot ``agent``'s serialized odometry, with the other robots' that arrived with it (see :meth:`_burst`)."""
-        self._burst(
-            self.state_subscriptions, self.state_publishers, agent, data, self._read_state, self._perturb_states
-        )
+        self._burst(self.state_subscriptions, self.state_publishers, agent, data, odometry_offset, self._perturb_states)
 
     def _on_command(self, agent: int, data: bytes) -> None:
         """Robot ``agent``'s serialized velocity command, with the other robots' that arrived with it."""
@@ -211,34 +204,34 @@ class PerturbationNode(Node):
             if out is not None:
                 publishers[robot].publish(out)
 
-    def _read_state(self, data: bytes) -> RobotState:
-        """The robot state in serialized odometry."""
-        return read_odometry_cdr(data, self.twist_frame)
+    def _perturb_states(self, robots: list[int], data: list[bytes], offsets: list[int]) -> list[bytes | None]:
+        """The robots' serialized odometry (``offsets``: :func:`odometry_offset`), perturbed (None: dropped)."""
+        rows = read_odometry_rows(data, offsets, self.twist_frame)
+        outs = self.perturber.observe(robots, rows)
+        self._report(robots, "state")
+
+        def patch(ks: list[int], values: np.ndarray) -> list[bytes]:
+            messages, at = [data[k] for k in ks], [offsets[k] for k in ks]
+            return write_odometry_rows(messages, at, unit_quaternions(values), self.twist_frame)
+
+        return forwarded(data, rows, outs, patch)
 
     def _read_command(self, data: bytes) -> np.ndarray:
         """The command's ``twist.linear`` ``[3]`` [m/s]."""
         return read_twist_stamped_cdr(data)[0]
-
-    def _perturb_states(self, robots: list[int], data: list[bytes], states: list[RobotState]) -> list[bytes | None]:
-        """The robots' serialized odometry, perturbed (None: dropped)."""
-        vectors = np.stack([state_vector(state) for state in states])
-        outs = self.perturber.observe(robots, vectors)
-        self._report(robots, "state")
-        return forwarded(
-            data,
-            vectors,
-            outs,
-            lambda k, out: patch_odometry_cdr(data[k], vector_state(out, states[k].stamp_ns), self.twist_frame),
-        )
 
     def _perturb_commands(self, robots: list[int], data: list[bytes], linear: list[np.ndarray]) -> list[bytes | None]:
         """The robots' serialized velocity commands, perturbed in action units (None: dropped)."""
         actions = (np.stack(linear) - self.offset) / self.scale
         outs = self.perturber.command(robots, actions)
         self._report(robots, "command")
-        return forwarded(
-            data, actions, outs, lambda k, out: patch_twist_stamped_cdr(data[k], self.offset + self.scale * out)
-        )
+
+        def patch(ks: list[int], values: np.ndarray) -> list[bytes]:
+            return [
+                patch_twist_stamped_cdr(data[k], self.offset + self.scale * v) for k, v in zip(ks, values, strict=True)
+            ]
+
+        return forwarded(data, actions, outs, patch)
 
     def _log_unread(self, agent: int, err: CdrError) -> None:
         """Say (at most once a second) that robot ``agent``'s bytes could not be read and went on as they came."""
