@@ -244,12 +244,11 @@ def test_safe_command_is_zero_velocity_or_hover_rpm_and_actions_invert_commands(
 def test_failsafe_faults_give_the_safe_command_count_entries_and_recover() -> None:
     safe = np.array([0.0, 0.0, 0.0])
     fs = Failsafe(2, safe, low=-np.ones(3), high=np.ones(3), stale_timeout_s=0.1)
-    good = np.ones(5)
-    assert fs.input_fault(None, True, good) == "missing"
-    assert fs.input_fault(0.15, True, good) == "stale"
-    assert fs.input_fault(0.05, False, good) == "no_target"
-    assert fs.input_fault(0.05, True, np.array([0.0, np.inf])) == "obs_not_finite"
-    assert fs.input_fault(0.05, True, good) is None and fs.input_fault(0.05, True) is None
+    assert fs.input_fault(None, True, False) == "missing"
+    assert fs.input_fault(0.15, True, False) == "stale"
+    assert fs.input_fault(0.05, False, False) == "no_target"
+    assert fs.input_fault(0.05, True, False) == "obs_not_finite"
+    assert fs.input_fault(0.05, True, True) is None and fs.input_fault(0.05, True) is None
     # agents start in failsafe (missing, not counted) and leave it on the first good step
     out = fs.guard(0, None, np.array([0.5, -0.2, 0.1]))
     assert out.fault is None and out.previous_fault == "missing" and out.changed
@@ -381,6 +380,21 @@ def test_controller_steps_a_burst_of_states_in_one_inference_as_one_by_one(vel_b
     assert [c.agent for c in out] == [1, 0] and batched_policy.batches == [1]
     assert out[0].guarded.fault == "obs_not_finite" and out[1].guarded.fault is None
     assert batched.on_states({0: robot_state(34, now + period)}, now + period) == []  # not due again yet
+
+
+def test_controller_state_rows_step_a_burst_like_states_and_a_robot_given_twice_counts_its_last(
+    vel_bundle: Path,
+) -> None:
+    now = 5_000_000_000
+    old, new, other = robot_state(40, now - 1_000), robot_state(41, now), robot_state(42, now)
+    rows = np.stack([old.row(), other.row(), new.row()])
+    counted = CountedPolicy(OnnxPolicy(vel_bundle))
+    from_rows = SwarmController(counted, targets=TARGETS).on_state_rows([1, 0, 1], rows, [old.stamp_ns, now, now], now)
+    from_states = SwarmController(OnnxPolicy(vel_bundle), targets=TARGETS).on_states({1: new, 0: other}, now)
+    assert counted.batches == [2] and [c.agent for c in from_rows] == [1, 0]
+    for got, expected in zip(from_rows, from_states, strict=True):
+        assert got.stamp_ns == expected.stamp_ns == now
+        np.testing.assert_array_equal(got.guarded.command, expected.guarded.command)
 
 
 def test_rpm_commands_are_a_labelled_float32_array() -> None:

@@ -1,6 +1,6 @@
 """The swarm controller: robot states in, guarded commands out, for one exported drone policy.
 
-The ROS 2 policy node calls :meth:`SwarmController.on_states` with the state messages that have arrived,
+The ROS 2 policy node calls :meth:`SwarmController.on_state_rows` with the state messages that have arrived,
 publishes the commands it returns with the returned stamps, calls :meth:`SwarmController.watchdog` at the
 control rate and publishes those too, and reports :meth:`SwarmController.status` as diagnostics.
 
@@ -14,6 +14,7 @@ the safe command to robots whose state is missing or stale.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,10 +98,12 @@ class SwarmController:
         """Robot ``agent``'s target position ``[3]`` [m], world frame (a navigation goal for navigation policies)."""
         self.targets[agent] = position
 
-    def has_target(self, agent: int) -> bool:
-        """Whether robot ``agent`` has a target (navigation policies need every goal)."""
-        rows = self.targets if self.observer.shares_targets else self.targets[agent]
-        return bool(np.all(np.isfinite(rows)))
+    def has_targets(self, agents: Sequence[int]) -> list[bool]:
+        """Whether robots ``agents`` have their targets (navigation policies need every goal)."""
+        finite = np.isfinite(self.targets).all(axis=1)
+        if self.observer.shares_targets:
+            return [bool(finite.all())] * len(agents)
+        return finite[list(agents)].tolist()
 
     def on_state(self, agent: int, state: RobotState, now_ns: int) -> AgentCommand | None:
         """Store robot ``agent``'s new state; step its policy if the schedule says so (else None)."""
@@ -108,27 +111,45 @@ class SwarmController:
         return commands[0] if commands else None
 
     def on_states(self, states: dict[int, RobotState], now_ns: int) -> list[AgentCommand]:
-        """Store new states of several robots (agent -> state) at once; step the policy of those the schedule
-        says are due, in one observation pass and one onnxruntime call, and return their commands in the
-        order of ``states``.
+        """:meth:`on_state_rows` for states given as agent -> :class:`RobotState`."""
+        if not states:
+            return []
+        rows = np.stack([state.row() for state in states.values()])
+        return self.on_state_rows(list(states), rows, [state.stamp_ns for state in states.values()], now_ns)
+
+    def on_state_rows(
+        self, agents: Sequence[int], rows: np.ndarray, stamps_ns: Sequence[int], now_ns: int
+    ) -> list[AgentCommand]:
+        """Store new states of several robots at once: robot ``agents[k]``'s state row ``rows[k]`` (``[k, 13]``,
+        :meth:`RobotState.row`) stamped ``stamps_ns[k]`` [ns] (a robot given twice: its last row counts). Step the
+        policy of those the schedule says are due, in one observation pass and one onnxruntime call, and return
+        their commands in the order of ``agents``.
 
         Every due robot observes all the new states, its neighbours' included: a burst of states that
         arrived together (a swarm driver publishes all robots at once) costs one inference, not one per robot.
         """
-        for agent, state in states.items():
-            self.state.update(agent, state)
-        due = [agent for agent, state in states.items() if self.schedule.due(agent, state.stamp_ns)]
+        latest = {agent: k for k, agent in enumerate(agents)}
+        if len(latest) < len(agents):
+            agents, rows = list(latest), rows[list(latest.values())]
+            stamps_ns = [stamps_ns[k] for k in latest.values()]
+        self.state.update_rows(agents, rows, stamps_ns)
+        stamps = dict(zip(agents, stamps_ns, strict=True))
+        due = [agent for agent, stamp in stamps.items() if self.schedule.due(agent, stamp)]
         if not due:
             return []
         obs = self.observer.observe(self.state, self.targets, self.last_action)
-        faults = [self.failsafe.input_fault(self.state.age_s(a, now_ns), self.has_target(a), obs[a]) for a in due]
+        obs_finite = np.isfinite(obs[due]).all(axis=1).tolist()
+        faults = [
+            self.failsafe.input_fault(self.state.age_s(agent, now_ns), has_target, finite)
+            for agent, has_target, finite in zip(due, self.has_targets(due), obs_finite, strict=True)
+        ]
         flying = [fault is None for fault in faults]
         commands = None
         if any(flying):
             commands = np.full((len(due), self.spec.size), np.nan)
             agents = [agent for agent, fly in zip(due, flying, strict=True) if fly]
             commands[flying] = self.policy.command(obs[agents], agent_ids=agents)
-        return self._send(due, faults, commands, [states[agent].stamp_ns for agent in due])
+        return self._send(due, faults, commands, [stamps[agent] for agent in due])
 
     def watchdog(self, now_ns: int) -> list[AgentCommand]:
         """Safe commands stamped ``now_ns`` for robots whose state is missing or stale; call at the control rate."""

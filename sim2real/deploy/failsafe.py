@@ -91,13 +91,14 @@ class Failsafe:
         self.safe_commands = [0] * num_agents
         self.limited_commands = [0] * num_agents
 
-    def input_fault(self, age_s: float | None, has_target: bool, obs: np.ndarray | None = None) -> str | None:
+    def input_fault(self, age_s: float | None, has_target: bool, obs_finite: bool = True) -> str | None:
         """The fault of a robot's input, or None.
 
         Args:
             age_s: age of its latest state [s] (None: it never reported).
             has_target: whether it has a target.
-            obs: its observation ``[D]`` (None: not built, e.g. the periodic watchdog check).
+            obs_finite: whether its observation is all finite (True where none was built, e.g. the periodic
+                watchdog check).
         """
         if age_s is None:
             return "missing"
@@ -105,7 +106,7 @@ class Failsafe:
             return "stale"
         if not has_target:
             return "no_target"
-        if obs is not None and not np.all(np.isfinite(obs)):
+        if not obs_finite:
             return "obs_not_finite"
         return None
 

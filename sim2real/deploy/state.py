@@ -7,6 +7,7 @@ are given in); angular velocities are in the body frame (what a gyro measures). 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,11 +64,16 @@ class SwarmState:
 
     def update(self, agent: int, state: RobotState) -> None:
         """Store ``state`` as robot ``agent``'s latest (non-finite values included: the failsafe judges them)."""
-        self.pos[agent] = state.pos
-        self.quat[agent] = state.quat
-        self.vel[agent] = state.vel
-        self.ang_vel_body[agent] = state.ang_vel_body
-        self.stamp_ns[agent] = state.stamp_ns
+        self.update_rows([agent], state.row()[None], [state.stamp_ns])
+
+    def update_rows(self, agents: Sequence[int], rows: np.ndarray, stamps_ns: Sequence[int]) -> None:
+        """Store the states of robots ``agents`` (distinct), rows ``[k, 13]`` (:meth:`RobotState.row`) stamped
+        ``stamps_ns`` [ns], as their latest (non-finite values included: the failsafe judges them)."""
+        self.pos[agents] = rows[:, 0:3]
+        self.quat[agents] = rows[:, 3:7]
+        self.vel[agents] = rows[:, 7:10]
+        self.ang_vel_body[agents] = rows[:, 10:13]
+        self.stamp_ns[agents] = stamps_ns
 
     def age_s(self, agent: int, now_ns: int) -> float | None:
         """Seconds from robot ``agent``'s latest stamp to ``now_ns``, or None if it never reported."""

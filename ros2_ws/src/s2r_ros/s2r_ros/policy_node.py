@@ -49,10 +49,9 @@ from s2r_ros.executor import run_node
 from s2r_ros.parameters import array_parameter
 from s2r_ros.qos import COMMAND, DIAGNOSTICS, SENSOR
 from sim2real.deploy import AgentCommand, SwarmController
-from sim2real.deploy.cdr import CdrError, TwistStampedWriter, read_odometry_cdr
+from sim2real.deploy.cdr import CdrError, TwistStampedWriter, odometry_offset, read_odometry_rows, read_stamp_ns
 from sim2real.deploy.codecs import TWIST_FRAMES, fill_stamp, read_position
 from sim2real.deploy.failsafe import STARTUP_FAULTS, GuardedCommand
-from sim2real.deploy.state import RobotState
 from sim2real.export import OnnxPolicy, verify_bundle
 from sim2real.export.bundle import POLICY_FILE
 
@@ -142,22 +141,24 @@ class PolicyNode(Node):
         return self.get_clock().now().nanoseconds
 
     def _on_odometry(self, agent: int, data: bytes) -> None:
-        """Robot ``agent``'s serialized odometry and the other robots' that has arrived: stepped together."""
-        states: dict[int, RobotState] = {}
-        self._read_odometry(agent, data, states)
-        for other, waiting in take_waiting(self.odometry_subscriptions, agent):
-            self._read_odometry(other, waiting, states)
-        for out in self.controller.on_states(states, self._now_ns()) if states else ():
+        """Robot ``agent``'s serialized odometry and the other robots' that has arrived: stepped together, read in one
+        pass. Unreadable odometry counts as none (the watchdog fails the robot safe when it goes stale)."""
+        agents, messages, offsets = [], [], []
+        for robot, message in [(agent, data), *take_waiting(self.odometry_subscriptions, agent)]:
+            try:
+                offsets.append(odometry_offset(message))
+            except CdrError as err:
+                logger = self.get_logger()
+                logger.error(f"{self.robots[robot]}: odometry ignored: {err}", throttle_duration_sec=self.log_period_s)
+                continue
+            agents.append(robot)
+            messages.append(message)
+        if not agents:
+            return
+        rows = read_odometry_rows(messages, offsets, self.twist_frame)
+        stamps = [read_stamp_ns(message) for message in messages]
+        for out in self.controller.on_state_rows(agents, rows, stamps, self._now_ns()):
             self._publish(out)
-
-    def _read_odometry(self, agent: int, data: bytes, states: dict[int, RobotState]) -> None:
-        """Add robot ``agent``'s state to ``states``; unreadable odometry counts as none (the watchdog fails the
-        robot safe when it goes stale)."""
-        try:
-            states[agent] = read_odometry_cdr(data, self.twist_frame)
-        except CdrError as err:
-            logger = self.get_logger()
-            logger.error(f"{self.robots[agent]}: odometry ignored: {err}", throttle_duration_sec=self.log_period_s)
 
     def _on_goal(self, agent: int, msg: PoseStamped) -> None:
         self.controller.set_target(agent, read_position(msg))
