@@ -37,6 +37,7 @@ from sim2real.deploy import CommandSpec, ControlSchedule, Failsafe, RobotState, 
 from sim2real.deploy.cdr import (
     CdrError,
     OdometryWriter,
+    SwarmOdometryWriter,
     TwistStampedWriter,
     odometry_offset,
     patch_odometry_cdr,
@@ -205,6 +206,15 @@ def test_cdr_odometry_bursts_read_and_write_what_the_one_message_functions_do(tw
         assert deserialize_message(written, Odometry).pose.covariance[3] == 0.5
     with pytest.raises(CdrError, match="too short"):
         odometry_offset(messages[0][:-8])
+    children = [child for _, child in FRAME_IDS[:4]]
+    swarm = SwarmOdometryWriter("world", children, twist_frame).encode_rows(rows, 77)
+    for child, row, encoded in zip(children, rows, swarm, strict=True):  # one pass = each robot's own writer
+        one = RobotState(row[0:3], row[3:7], row[7:10], row[10:13], 77)
+        assert encoded == OdometryWriter("world", child, twist_frame).encode(one)
+        assert deserialize_message(encoded, Odometry).child_frame_id == child
+        np.testing.assert_allclose(read_odometry(deserialize_message(encoded, Odometry), twist_frame).row(), row)
+    with pytest.raises(ValueError, match=r"shape \(3, 13\) for 4 robots"):
+        SwarmOdometryWriter("world", children).encode_rows(rows[:3], 0)
 
 
 @pytest.mark.parametrize("frame_id", ["world", "", "abcd", "frame_7"])

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from sim2real.deploy.state import NEVER, RobotState
+from sim2real.deploy.state import NEVER
 from sim2real.envs import make
 
 
@@ -111,12 +111,11 @@ class BridgeSim:
             "commanded": fresh,
         }
 
-    def states(self, stamp_ns: int) -> list[RobotState]:
-        """Every robot's true state (world-frame position and velocity, body rates), stamped ``stamp_ns``."""
+    def state_rows(self) -> np.ndarray:
+        """Every robot's true state as rows ``[N, 13]`` (:meth:`sim2real.deploy.state.RobotState.row`: world-frame
+        position, attitude and velocity, body rates)."""
         sim = self.env.sim
-        arrays = (sim.pos, sim.quat, sim.vel, sim.ang_vel_body)
-        pos, quat, vel, rates = (np.array(a[0], dtype=np.float64) for a in arrays)
-        return [RobotState(pos[i], quat[i], vel[i], rates[i], stamp_ns) for i in range(self.num_agents)]
+        return np.concatenate([sim.pos[0], sim.quat[0], sim.vel[0], sim.ang_vel_body[0]], axis=1, dtype=np.float64)
 
     def targets(self) -> np.ndarray:
         """Each robot's current target position ``[N, 3]`` [m] (world frame)."""

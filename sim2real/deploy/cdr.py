@@ -24,11 +24,12 @@ unless ``twist_frame="world"``).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 
 import numpy as np
 
-from sim2real.deploy.codecs import odometry_state, odometry_twist, state_to_twist, twist_to_state
+from sim2real.deploy.codecs import odometry_state, state_to_twist, twist_to_state
 from sim2real.deploy.state import RobotState
 
 ENCAPSULATION = b"\x00\x01\x00\x00"
@@ -122,9 +123,7 @@ def read_odometry_cdr(data: bytes, twist_frame: str = "body") -> RobotState:
 
 def patch_odometry_cdr(data: bytes, state: RobotState, twist_frame: str = "body") -> bytes:
     """A copy of serialized odometry ``data`` with ``state``'s stamp, pose and twist; frame ids and covariances kept."""
-    buf = bytearray(data)
-    offset = odometry_offset(buf)
-    _write_odometry(np.frombuffer(buf, dtype="<f8", count=ODOMETRY_DOUBLES, offset=offset), state, twist_frame)
+    buf = bytearray(write_odometry_rows([data], [odometry_offset(data)], state.row()[None], twist_frame)[0])
     _write_stamp(buf, state.stamp_ns)
     return bytes(buf)
 
@@ -166,22 +165,52 @@ def write_odometry_rows(
     return out
 
 
-def _write_odometry(v: np.ndarray, state: RobotState, twist_frame: str) -> None:
-    v[POSITION], v[ORIENTATION] = state.pos, state.quat
-    v[LINEAR], v[ANGULAR] = odometry_twist(state, twist_frame)
+class SwarmOdometryWriter:
+    """Serialized ``nav_msgs/Odometry`` of a swarm, one message per robot (``frame_id``, the robot's
+    ``child_frame_id``, zero covariances), all written in one pass."""
+
+    def __init__(self, frame_id: str, child_frame_ids: Sequence[str], twist_frame: str = "body") -> None:
+        self.heads = [bytes(_header((frame_id, child))) for child in child_frame_ids]
+        self.twist_frame = twist_frame
+
+    def encode_rows(self, rows: np.ndarray, stamp_ns: int) -> list[bytes]:
+        """The robots' state rows ``[N, 13]`` (:meth:`RobotState.row`), all stamped ``stamp_ns`` (>= 0), as bytes."""
+        rows = np.asarray(rows, dtype=np.float64)
+        if rows.shape != (len(self.heads), 13):
+            raise ValueError(
+                f"state rows of shape {rows.shape} for {len(self.heads)} robots; expected ({len(self.heads)}, 13)"
+            )
+        linear, angular = state_to_twist(rows[:, 3:7], rows[:, 7:10], rows[:, 10:13], self.twist_frame)
+        pose = np.ascontiguousarray(rows[:, :7], dtype="<f8").tobytes()
+        twist = np.ascontiguousarray(np.concatenate([linear, angular], axis=1), dtype="<f8").tobytes()
+        stamp = struct.pack("<II", *divmod(int(stamp_ns), 1_000_000_000))
+        covariance = bytes(8 * 36)
+        pose_size, twist_size = 8 * ORIENTATION.stop, 8 * (ANGULAR.stop - LINEAR.start)
+        return [
+            b"".join(
+                (
+                    head[:HEADER_BYTES],
+                    stamp,
+                    head[HEADER_BYTES + 8 :],
+                    pose[k * pose_size : (k + 1) * pose_size],
+                    covariance,
+                    twist[k * twist_size : (k + 1) * twist_size],
+                    covariance,
+                )
+            )
+            for k, head in enumerate(self.heads)
+        ]
 
 
 class OdometryWriter:
     """Serialized ``nav_msgs/Odometry`` of one robot (fixed ``frame_id`` and ``child_frame_id``, zero covariances)."""
 
     def __init__(self, frame_id: str, child_frame_id: str, twist_frame: str = "body") -> None:
-        self.message = StampedBuffer((frame_id, child_frame_id), ODOMETRY_DOUBLES)
-        self.twist_frame = twist_frame
+        self.swarm = SwarmOdometryWriter(frame_id, [child_frame_id], twist_frame)
 
     def encode(self, state: RobotState) -> bytes:
         """``state`` (stamped ``state.stamp_ns``) as bytes to publish."""
-        _write_odometry(self.message.doubles, state, self.twist_frame)
-        return self.message.payload(state.stamp_ns)
+        return self.swarm.encode_rows(state.row()[None], state.stamp_ns)[0]
 
 
 class TwistStampedWriter:

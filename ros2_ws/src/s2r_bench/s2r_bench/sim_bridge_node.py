@@ -54,7 +54,7 @@ from s2r_ros.qos import COMMAND, SENSOR
 from std_msgs.msg import Float32MultiArray
 
 from sim2real.bench.bridge import BridgeSim
-from sim2real.deploy.cdr import CdrError, OdometryWriter, read_twist_stamped_cdr
+from sim2real.deploy.cdr import CdrError, SwarmOdometryWriter, read_twist_stamped_cdr
 from sim2real.deploy.codecs import fill_stamp
 from sim2real.export import verify_bundle
 
@@ -96,7 +96,7 @@ class SimBridgeNode(Node):
         command_type = TwistStamped if vel else Float32MultiArray
 
         self.state_publishers, self.goal_publishers, subscriptions = [], [], []
-        self.odometry = [OdometryWriter(self.world_frame, f"{robot}/base_link") for robot in self.robots]
+        self.odometry = SwarmOdometryWriter(self.world_frame, [f"{robot}/base_link" for robot in self.robots])
         for agent, robot in enumerate(self.robots):
             self.state_publishers.append(self.create_publisher(Odometry, f"{robot}/{state_topic}", SENSOR))
             self.goal_publishers.append(self.create_publisher(PoseStamped, f"{robot}/goal", COMMAND))
@@ -208,8 +208,9 @@ class SimBridgeNode(Node):
         fill_stamp(clock.clock, sim_ns)
         if lockstep:
             self.clock_publisher.publish(clock)
-        for agent, state in enumerate(self.sim.states(stamp)):
-            self.state_publishers[agent].publish(self.odometry[agent].encode(state))
+        messages = self.odometry.encode_rows(self.sim.state_rows(), stamp)
+        for publisher, message in zip(self.state_publishers, messages, strict=True):
+            publisher.publish(message)
         if not lockstep:
             self.clock_publisher.publish(clock)
         goals = self.sim.targets()
