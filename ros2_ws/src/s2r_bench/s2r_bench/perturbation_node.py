@@ -28,9 +28,10 @@ faults count that robot's messages (:class:`~sim2real.perturb.stream.BurstPertur
 
 Ground truth: every ``events_period_s`` (default 0.1 s) the hits since the last report go out on
 ``/bench/perturbation_events`` (``std_msgs/String``): a JSON list of ``{robot, stream, kind, name, hits,
-mean_magnitude}``, one record per robot, stream and perturbation that hit (``mean_magnitude`` is the mean over
-all its hits so far); nothing is sent when nothing hit. One message per period instead of one per hit keeps the
-node and the recorder off the control path's CPU. Hits after the last report before shutdown are not sent.
+mean_magnitude}``, one record per robot and perturbation that hit (``stream``: ``state`` or ``command``, the hop
+it acts on; ``mean_magnitude`` is the mean over all its hits so far); nothing is sent when nothing hit. One
+message per period, read from the perturbations' counts on a timer, keeps the node and the recorder off the
+control path's CPU. Hits after the last report before shutdown are not sent.
 The service ``~/set_enabled`` (``std_srvs/SetBool``) switches all perturbations on or off at run time.
 """
 
@@ -139,8 +140,11 @@ class PerturbationNode(Node):
         # the node reports hit counts only: no ground-truth rows kept (memory, and time per hit)
         self.perturber = BurstPerturber(spec, ODOMETRY_LAYOUT, act_dim=act_dim, num_agents=n, seed=seed, log_capacity=0)
         self.kinds = {p.name: p.kind for p in self.perturber.pipeline.items}
-        self.counts: list[dict[str, int]] = [{} for _ in range(n)]
-        self.pending: dict[tuple[int, str, str], int] = {}  # (agent, stream, name) -> hits since the last report
+        self.streams = {  # which hop each perturbation acts on
+            p.name: "command" if p.channel in ("action", "agents") or getattr(p, "stage", None) == "action" else "state"
+            for p in self.perturber.pipeline.items
+        }
+        self.reported: list[dict[str, int]] = [{} for _ in range(n)]  # hits per robot and name in earlier reports
         self.state_publishers, self.command_publishers = [], []
         self.state_subscriptions, self.command_subscriptions = [], []
         for agent, robot in enumerate(self.robots):
@@ -208,7 +212,6 @@ class PerturbationNode(Node):
         """The robots' serialized odometry (``offsets``: :func:`odometry_offset`), perturbed (None: dropped)."""
         rows = read_odometry_rows(data, offsets, self.twist_frame)
         outs = self.perturber.observe(robots, rows)
-        self._report(robots, "state")
 
         def patch(ks: list[int], values: np.ndarray) -> list[bytes]:
             messages, at = [data[k] for k in ks], [offsets[k] for k in ks]
@@ -224,7 +227,6 @@ class PerturbationNode(Node):
         """The robots' serialized velocity commands, perturbed in action units (None: dropped)."""
         actions = (np.stack(linear) - self.offset) / self.scale
         outs = self.perturber.command(robots, actions)
-        self._report(robots, "command")
 
         def patch(ks: list[int], values: np.ndarray) -> list[bytes]:
             return [
@@ -237,33 +239,27 @@ class PerturbationNode(Node):
         """Say (at most once a second) that robot ``agent``'s bytes could not be read and went on as they came."""
         self.get_logger().error(f"{self.robots[agent]}: passed on unperturbed: {err}", throttle_duration_sec=1.0)
 
-    def _report(self, robots: list[int], stream: str) -> None:
-        """Add the hits the last burst added to its robots' counts to the next report."""
-        for agent in set(robots):
-            for name, count in self.perturber.counts(agent).items():
-                hits = count["events"] - self.counts[agent].get(name, 0)
-                if hits > 0:
-                    self.counts[agent][name] = count["events"]
-                    key = (agent, stream, name)
-                    self.pending[key] = self.pending.get(key, 0) + hits
-
     def _publish_events(self) -> None:
-        """Publish the pending hits as one JSON list (nothing when there are none)."""
-        if not self.pending:
-            return
-        records = [
-            {
-                "robot": self.robots[agent],
-                "stream": stream,
-                "kind": self.kinds[name],
-                "name": name,
-                "hits": hits,
-                "mean_magnitude": self.perturber.counts(agent)[name]["mean_magnitude"],
-            }
-            for (agent, stream, name), hits in self.pending.items()
-        ]
-        self.pending = {}
-        self.events_publisher.publish(String(data=json.dumps(records)))
+        """Publish the hits since the last report as one JSON list (nothing when there are none). Read from the
+        perturbations' counts here, on the timer, so the control path does no bookkeeping for it."""
+        records = []
+        for agent, robot in enumerate(self.robots):
+            for name, count in self.perturber.counts(agent).items():
+                hits = count["events"] - self.reported[agent].get(name, 0)
+                if hits > 0:
+                    self.reported[agent][name] = count["events"]
+                    records.append(
+                        {
+                            "robot": robot,
+                            "stream": self.streams[name],
+                            "kind": self.kinds[name],
+                            "name": name,
+                            "hits": hits,
+                            "mean_magnitude": count["mean_magnitude"],
+                        }
+                    )
+        if records:
+            self.events_publisher.publish(String(data=json.dumps(records)))
 
     def _on_set_enabled(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         self.perturber.set_enabled(request.data)
