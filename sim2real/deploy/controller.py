@@ -147,8 +147,8 @@ class SwarmController:
         commands = None
         if any(flying):
             commands = np.full((len(due), self.spec.size), np.nan)
-            agents = [agent for agent, fly in zip(due, flying, strict=True) if fly]
-            commands[flying] = self.policy.command(obs[agents], agent_ids=agents)
+            in_control = [agent for agent, fly in zip(due, flying, strict=True) if fly]
+            commands[flying] = self.policy.command(obs[in_control], agent_ids=in_control)
         return self._send(due, faults, commands, [stamps[agent] for agent in due])
 
     def watchdog(self, now_ns: int) -> list[AgentCommand]:
