@@ -1,10 +1,11 @@
-"""Hot cost of one policy-node step without ROS: ``SwarmController.on_states`` for a burst of robot states.
+"""Hot cost of one policy-node step without ROS: ``SwarmController.on_state_rows`` for a burst of robot states.
 
     python benchmarks/controller_step.py --out benchmarks/results/controller_step.json
 
 The committed 4-drone hover bundle (``tests/data/hover4_bundle``, onnxruntime, one thread) at 100 Hz: each call
-hands the controller fresh states of 1 or of all 4 robots (a swarm driver's burst) and returns their guarded
-commands: observations, input faults, one inference, command guard. States are built before the timing.
+hands the controller fresh state rows of 1 or of all 4 robots (a swarm driver's burst, as the policy node reads it)
+and returns their guarded commands: observations, input faults, one inference, command guard. States are built
+before the timing.
 Reported per call in microseconds (p50, p99 over ``--calls`` calls after a warm-up), and per robot.
 """
 
@@ -37,15 +38,16 @@ def hover_state(target: np.ndarray, stamp_ns: int, rng: np.random.Generator) -> 
 
 
 def measure(controller: SwarmController, targets: np.ndarray, burst: int, calls: int) -> dict[str, float]:
-    """Per-call timings of ``on_states`` with the first ``burst`` robots' states (after 500 warm-up calls)."""
+    """Per-call timings of ``on_state_rows`` with the first ``burst`` robots' states (after 500 warm-up calls)."""
     rng = np.random.default_rng(0)
     warmup, start_ns = 500, 10**9
     stamps = [start_ns + k * PERIOD_NS for k in range(warmup + calls)]
-    bursts = [{agent: hover_state(targets[agent], stamp, rng) for agent in range(burst)} for stamp in stamps]
+    agents = list(range(burst))
+    rows = [np.stack([hover_state(targets[agent], stamp, rng).row() for agent in agents]) for stamp in stamps]
     times = np.empty(warmup + calls)
-    for k, (states, now) in enumerate(zip(bursts, stamps, strict=True)):
+    for k, (burst_rows, now) in enumerate(zip(rows, stamps, strict=True)):
         t0 = time.perf_counter_ns()
-        commands = controller.on_states(states, now)
+        commands = controller.on_state_rows(agents, burst_rows, [now] * burst, now)
         times[k] = time.perf_counter_ns() - t0
     if len(commands) != burst or any(c.guarded.fault is not None for c in commands):
         raise RuntimeError(f"the robots did not fly: {commands}")

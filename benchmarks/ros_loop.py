@@ -93,7 +93,7 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "ros_loop")
     parser.add_argument("--realtime-priority", type=int, default=50, help="SCHED_FIFO priority of the real-time runs")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of the goal case under each scheduling")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of the goal case under each scheduling")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
