@@ -40,6 +40,8 @@ ODOMETRY_DOUBLES = 85
 TWIST_STAMPED_DOUBLES = 6
 POSITION, ORIENTATION, LINEAR, ANGULAR = slice(0, 3), slice(3, 7), slice(43, 46), slice(46, 49)
 """Odometry's doubles: ``pose.pose.position``, ``pose.pose.orientation``, ``twist.twist.linear``, ``.angular``."""
+POSE_BYTES, TWIST_BYTES = 8 * ORIENTATION.stop, 8 * (ANGULAR.stop - LINEAR.start)
+"""Bytes of the pose (position, orientation) and of the twist (linear, angular) in serialized odometry."""
 
 
 class CdrError(ValueError):
@@ -150,19 +152,27 @@ def write_odometry_rows(
 ) -> list[bytes]:
     """Copies of serialized odometries with the pose and twist of state rows ``[k, 13]``; the stamps, frame ids
     and covariances kept (the burst form of :func:`patch_odometry_cdr`)."""
+    poses, twists = _pose_twist_bytes(rows, len(messages), twist_frame)
+    out = []
+    for message, offset, pose, twist in zip(messages, offsets, poses, twists, strict=True):
+        buf = bytearray(message)
+        buf[offset : offset + POSE_BYTES] = pose
+        twist_at = offset + 8 * LINEAR.start
+        buf[twist_at : twist_at + TWIST_BYTES] = twist
+        out.append(bytes(buf))
+    return out
+
+
+def _pose_twist_bytes(rows: np.ndarray, count: int, twist_frame: str) -> tuple[list[bytes], list[bytes]]:
+    """Each of ``count`` state rows ``[count, 13]`` as its odometry's pose and twist doubles (little-endian bytes)."""
     rows = np.asarray(rows, dtype=np.float64)
+    if rows.shape != (count, 13):
+        raise ValueError(f"state rows of shape {rows.shape} for {count} robots; expected ({count}, 13)")
     linear, angular = state_to_twist(rows[:, 3:7], rows[:, 7:10], rows[:, 10:13], twist_frame)
     pose = np.ascontiguousarray(rows[:, :7], dtype="<f8").tobytes()
     twist = np.ascontiguousarray(np.concatenate([linear, angular], axis=1), dtype="<f8").tobytes()
-    pose_size, twist_size = 8 * ORIENTATION.stop, 8 * (ANGULAR.stop - LINEAR.start)
-    out = []
-    for k, (message, offset) in enumerate(zip(messages, offsets, strict=True)):
-        buf = bytearray(message)
-        buf[offset : offset + pose_size] = pose[k * pose_size : (k + 1) * pose_size]
-        twist_at = offset + 8 * LINEAR.start
-        buf[twist_at : twist_at + twist_size] = twist[k * twist_size : (k + 1) * twist_size]
-        out.append(bytes(buf))
-    return out
+    poses = [pose[k * POSE_BYTES : (k + 1) * POSE_BYTES] for k in range(count)]
+    return poses, [twist[k * TWIST_BYTES : (k + 1) * TWIST_BYTES] for k in range(count)]
 
 
 class SwarmOdometryWriter:
@@ -175,30 +185,12 @@ class SwarmOdometryWriter:
 
     def encode_rows(self, rows: np.ndarray, stamp_ns: int) -> list[bytes]:
         """The robots' state rows ``[N, 13]`` (:meth:`RobotState.row`), all stamped ``stamp_ns`` (>= 0), as bytes."""
-        rows = np.asarray(rows, dtype=np.float64)
-        if rows.shape != (len(self.heads), 13):
-            raise ValueError(
-                f"state rows of shape {rows.shape} for {len(self.heads)} robots; expected ({len(self.heads)}, 13)"
-            )
-        linear, angular = state_to_twist(rows[:, 3:7], rows[:, 7:10], rows[:, 10:13], self.twist_frame)
-        pose = np.ascontiguousarray(rows[:, :7], dtype="<f8").tobytes()
-        twist = np.ascontiguousarray(np.concatenate([linear, angular], axis=1), dtype="<f8").tobytes()
+        poses, twists = _pose_twist_bytes(rows, len(self.heads), self.twist_frame)
         stamp = struct.pack("<II", *divmod(int(stamp_ns), 1_000_000_000))
         covariance = bytes(8 * 36)
-        pose_size, twist_size = 8 * ORIENTATION.stop, 8 * (ANGULAR.stop - LINEAR.start)
         return [
-            b"".join(
-                (
-                    head[:HEADER_BYTES],
-                    stamp,
-                    head[HEADER_BYTES + 8 :],
-                    pose[k * pose_size : (k + 1) * pose_size],
-                    covariance,
-                    twist[k * twist_size : (k + 1) * twist_size],
-                    covariance,
-                )
-            )
-            for k, head in enumerate(self.heads)
+            b"".join((head[:HEADER_BYTES], stamp, head[HEADER_BYTES + 8 :], pose, covariance, twist, covariance))
+            for head, pose, twist in zip(self.heads, poses, twists, strict=True)
         ]
 
 
