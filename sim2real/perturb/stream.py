@@ -168,6 +168,7 @@ class BurstPerturber:
         ctx = first.pipeline.ctx
         self._obs = np.zeros((1, num_agents, ctx.obs_dim), dtype=np.float32)
         self._act = np.zeros((1, num_agents, act_dim), dtype=np.float32)
+        self._whole_swarm = list(range(num_agents))
         self.obs_bursts = 0  # swarm calls so far (the pipeline's step count)
         self.act_bursts = 0
 
@@ -217,9 +218,11 @@ class BurstPerturber:
         if messages.shape != (len(robots), buffer.shape[-1]):
             expected = (len(robots), buffer.shape[-1])
             raise ValueError(f"{what} messages have shape {messages.shape}, expected {expected}")
-        if any(not 0 <= a < self.num_agents for a in robots):
+        if robots and (min(robots) < 0 or max(robots) >= self.num_agents):
             raise ValueError(f"robots {robots} outside the swarm of {self.num_agents} (0..{self.num_agents - 1})")
-        if len(set(robots)) == len(robots):  # the usual burst: each robot once, one call
+        if robots == self._whole_swarm:  # the usual burst: every robot once, in order
+            return self._call(buffer, messages, slice(None), run)
+        if len(set(robots)) == len(robots):  # each robot once: one call
             calls = [list(range(len(robots)))]
         else:  # calls[c]: the positions in the burst of the robots' c-th messages
             calls, sent = [], {}
@@ -229,16 +232,26 @@ class BurstPerturber:
                     calls.append([])
                 calls[c].append(k)
         out: list[np.ndarray | None] = [None] * len(robots)
-        log = self.pipeline.log
         for picked in calls:
-            rows = [robots[k] for k in picked]
-            buffer[0, rows] = messages[picked]
-            log.agents = np.zeros(self.num_agents, dtype=bool)
-            log.agents[rows] = True
-            try:
-                perturbed = run(buffer.copy())[0, rows]  # a copy (fancy indexing)
-            finally:
-                log.agents = None
+            perturbed = self._call(buffer, messages[picked], [robots[k] for k in picked], run)
             for k, values in zip(picked, perturbed, strict=True):
                 out[k] = values
         return out
+
+    def _call(
+        self,
+        buffer: np.ndarray,
+        messages: np.ndarray,
+        rows: slice | list[int],
+        run: Callable[[np.ndarray], np.ndarray],
+    ) -> list[np.ndarray | None]:
+        """One pipeline call with ``messages`` in the ``rows`` of ``buffer`` (the other robots' rows hold their last
+        messages); their perturbed values in that order. Only those robots' hits are recorded."""
+        buffer[0, rows] = messages
+        log = self.pipeline.log
+        log.agents = np.zeros(self.num_agents, dtype=bool)
+        log.agents[rows] = True
+        try:
+            return list(run(buffer.copy())[0, rows])  # rows of a new array
+        finally:
+            log.agents = None
