@@ -22,10 +22,16 @@ from typing import Any
 import numpy as np
 
 from sim2real.perturb.adversarial import AttackTarget
-from sim2real.perturb.base import Context, layout_from
+from sim2real.perturb.base import Context, Perturbation, layout_from
 from sim2real.perturb.pipeline import Pipeline
 from sim2real.perturb.spec import Spec, SpecError, parse_spec
 from sim2real.perturb.timing import TimingFault
+
+
+def acts_on_commands(p: Perturbation) -> bool:
+    """Whether perturbation ``p`` acts on the command stream (action and malicious kinds, command-link timing)
+    rather than the observation (sensor) stream."""
+    return p.channel in ("action", "agents") or getattr(p, "stage", None) == "action"
 
 
 class StreamPerturber:
@@ -63,7 +69,7 @@ class StreamPerturber:
         for p in self.pipeline.items:
             if p.kind == "agents.malicious" and p.p["mode"] == "adversarial":
                 raise SpecError(f"{p.where}: adversarial malicious agents need the whole swarm; use them in simulation")
-            if p.channel in ("action", "agents") or getattr(p, "stage", None) == "action":
+            if acts_on_commands(p):
                 if act_dim == 0:
                     raise SpecError(f"{p.where}: acts on commands but this stream has no command (act_dim=0)")
         self.log = self.pipeline.log

@@ -67,7 +67,7 @@ from sim2real.deploy.cdr import (
     write_odometry_rows,
 )
 from sim2real.export import verify_bundle
-from sim2real.perturb.stream import BurstPerturber
+from sim2real.perturb.stream import BurstPerturber, acts_on_commands
 
 NODE_NAME = "perturbation_node"
 ODOMETRY_LAYOUT = {"position": 3, "attitude": 4, "velocity": 3, "gyro": 3}
@@ -140,10 +140,7 @@ class PerturbationNode(Node):
         # the node reports hit counts only: no ground-truth rows kept (memory, and time per hit)
         self.perturber = BurstPerturber(spec, ODOMETRY_LAYOUT, act_dim=act_dim, num_agents=n, seed=seed, log_capacity=0)
         self.kinds = {p.name: p.kind for p in self.perturber.pipeline.items}
-        self.streams = {  # which hop each perturbation acts on
-            p.name: "command" if p.channel in ("action", "agents") or getattr(p, "stage", None) == "action" else "state"
-            for p in self.perturber.pipeline.items
-        }
+        self.streams = {p.name: "command" if acts_on_commands(p) else "state" for p in self.perturber.pipeline.items}
         self.reported: list[dict[str, int]] = [{} for _ in range(n)]  # hits per robot and name in earlier reports
         self.state_publishers, self.command_publishers = [], []
         self.state_subscriptions, self.command_subscriptions = [], []
