@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
-from conftest import may_go_realtime
+from conftest import export_tiny_drone_bundle, may_go_realtime
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from nav_msgs.msg import Odometry
 from rclpy.context import Context
@@ -26,14 +26,14 @@ from rclpy.serialization import deserialize_message
 from s2r_bench.perturbation_node import ODOMETRY_LAYOUT, PerturbationNode
 from s2r_bench.sim_bridge_node import SimBridgeNode
 from s2r_ros.qos import COMMAND, SENSOR
-from std_msgs.msg import String
+from std_msgs.msg import Float32MultiArray, String
 from std_srvs.srv import SetBool
 from typer.testing import CliRunner
 
 from sim2real.bench.bridge import split_spec
 from sim2real.bench.run import ScenarioError, builtin_scenarios, load_scenario, run_bench
 from sim2real.cli import app
-from sim2real.deploy.cdr import OdometryWriter, TwistStampedWriter, read_twist_stamped_cdr
+from sim2real.deploy.cdr import Float32ArrayWriter, OdometryWriter, TwistStampedWriter, read_twist_stamped_cdr
 from sim2real.deploy.codecs import fill_odometry, read_odometry
 from sim2real.deploy.state import RobotState
 from sim2real.export import verify_bundle
@@ -313,23 +313,33 @@ def test_perturbation_node_replaces_one_robots_commands_and_passes_unreadable_by
     assert received["cf1"] == [unreadable] and received["odom"] == [truncated]
 
 
-def test_sim_bridge_rejects_unreadable_commands_and_flies_the_next_good_one() -> None:
+@pytest.mark.parametrize("action_type", ["vel", "rpm"])
+def test_sim_bridge_rejects_unreadable_commands_and_flies_the_next_good_one(tmp_path: Path, action_type: str) -> None:
+    """Velocity (``TwistStamped``) and motor (``Float32MultiArray``) commands are read from their bytes."""
+    if action_type == "vel":
+        bundle, topic, message_type = BUNDLE, "/cf1/cmd_vel", TwistStamped
+        command = np.array([0.1, 0.0, 0.0])
+        good = TwistStampedWriter("world").encode(command, 5)
+    else:
+        bundle = export_tiny_drone_bundle(tmp_path, num_drones=2, action_type="rpm")
+        topic, message_type = "/cf1/cmd_rpm", Float32MultiArray
+        command = np.array([14000.0, 14100.0, 14200.0, 14300.0])
+        good = Float32ArrayWriter("m1,m2,m3,m4", 4).encode(command)
     context = Context()
     rclpy.init(context=context, domain_id=DOMAIN + 31)
-    parameters = [Parameter("bundle", value=str(BUNDLE)), Parameter("mode", value="lockstep")]
+    parameters = [Parameter("bundle", value=str(bundle)), Parameter("mode", value="lockstep")]
     bridge = SimBridgeNode(context=context, parameter_overrides=parameters)
     driver = Node("driver", context=context)
-    command = driver.create_publisher(TwistStamped, "/cf1/cmd_vel", COMMAND)
+    publisher = driver.create_publisher(message_type, topic, COMMAND)
     executor = rclpy.executors.SingleThreadedExecutor(context=context)
     executor.add_node(bridge)
     executor.add_node(driver)
-    good = TwistStampedWriter("world").encode(np.array([0.1, 0.0, 0.0]), 5)
     try:
         deadline = time.monotonic() + 10
-        while command.get_subscription_count() == 0 and time.monotonic() < deadline:
+        while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.01)
         for data in (b"\x00\x00" + good[2:], good[:-8], good):  # big-endian, truncated, good
-            command.publish(data)
+            publisher.publish(data)
             for _ in range(5):
                 executor.spin_once(timeout_sec=0.01)
     finally:
@@ -338,9 +348,9 @@ def test_sim_bridge_rejects_unreadable_commands_and_flies_the_next_good_one() ->
         driver.destroy_node()
         rclpy.try_shutdown(context=context)
     assert bridge.sim.rejected_commands == 2
-    box = verify_bundle(BUNDLE)["contract"]["command"]
-    expected = (np.array([0.1, 0.0, 0.0]) - box["offset"]) / np.asarray(box["scale"])
-    np.testing.assert_allclose(bridge.sim.actions[0], expected)
+    box = verify_bundle(bundle)["contract"]["command"]
+    expected = (command - box["offset"]) / np.asarray(box["scale"])
+    np.testing.assert_allclose(bridge.sim.actions[0], expected, rtol=1e-6)
 
 
 def test_sim_bridge_holds_until_the_recorder_subscribes_to_every_recorded_topic() -> None:

@@ -30,18 +30,21 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
 from rclpy.serialization import deserialize_message, serialize_message
 from s2r_ros.executor import SHUTDOWN_GRACE_S, make_executor, spin_until_shutdown
-from s2r_ros.policy_node import PolicyNode, rpm_message
+from s2r_ros.policy_node import PolicyNode
 from s2r_ros.qos import COMMAND, SENSOR
+from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
 from sim2real.deploy import CommandSpec, ControlSchedule, Failsafe, RobotState, SwarmController, SwarmObserver
 from sim2real.deploy.cdr import (
     CdrError,
+    Float32ArrayWriter,
     OdometryWriter,
     SwarmOdometryWriter,
     TwistStampedWriter,
     odometry_offset,
     patch_odometry_cdr,
     patch_twist_stamped_cdr,
+    read_float32_array_cdr,
     read_odometry_cdr,
     read_odometry_rows,
     read_twist_stamped_cdr,
@@ -407,11 +410,24 @@ def test_controller_state_rows_step_a_burst_like_states_and_a_robot_given_twice_
         np.testing.assert_array_equal(got.guarded.command, expected.guarded.command)
 
 
-def test_rpm_commands_are_a_labelled_float32_array() -> None:
-    msg = rpm_message(np.array([14000.5, 14001.0, 13999.0, 14468.0]), ("m1", "m2", "m3", "m4"))
-    (dim,) = msg.layout.dim
-    assert (dim.label, dim.size, dim.stride) == ("m1,m2,m3,m4", 4, 4)
-    np.testing.assert_array_equal(np.frombuffer(msg.data, np.float32), [14000.5, 14001.0, 13999.0, 14468.0])
+@pytest.mark.parametrize("label", ["m1,m2,m3,m4", "", "ab"])
+def test_rpm_commands_are_a_labelled_float32_array_as_rclpy_serializes_it(label: str) -> None:
+    rpm = np.array([14000.5, 14001.0, 13999.0, 14468.0])
+    data = Float32ArrayWriter(label, 4).encode(rpm)
+    msg = Float32MultiArray()
+    msg.layout.dim = [MultiArrayDimension(label=label, size=4, stride=4)]
+    msg.data = rpm.astype(np.float32)
+    assert data == serialize_message(msg)  # byte for byte
+    (dim,) = deserialize_message(data, Float32MultiArray).layout.dim
+    assert (dim.label, dim.size, dim.stride) == (label, 4, 4)
+    msg.layout.dim.append(MultiArrayDimension(label="extra", size=1, stride=1))  # any layout reads back
+    np.testing.assert_array_equal(read_float32_array_cdr(serialize_message(msg)), rpm)
+    with pytest.raises(CdrError, match="too short for 4 floats"):
+        read_float32_array_cdr(data[:-4])
+    with pytest.raises(CdrError, match="not little-endian"):
+        read_float32_array_cdr(b"\x00\x00" + data[2:])
+    with pytest.raises(ValueError, match="3 values for a 4-value array"):
+        Float32ArrayWriter(label, 4).encode(rpm[:3])
 
 
 # ---------------------------------------------------------------------------------------------- ROS 2 node
@@ -639,7 +655,6 @@ def test_policy_node_flies_an_rpm_policy_with_labelled_motor_commands_and_hovers
 ) -> None:
     """Motor policies over DDS: ``cmd_rpm`` equals ``OnnxPolicy``'s command; a silent robot gets hover RPM."""
     from conftest import export_tiny_drone_bundle
-    from std_msgs.msg import Float32MultiArray
 
     bundle = export_tiny_drone_bundle(tmp_path, num_drones=2, action_type="rpm")
     h = harness_factory(2, bundle, targets=TARGETS.ravel().tolist(), stale_timeout_s=1.0)

@@ -17,6 +17,9 @@ after the two (or one) header strings, at the next multiple of 8:
   w), ``pose.covariance`` [36], ``twist.twist.linear`` [3], ``twist.twist.angular`` [3],
   ``twist.covariance`` [36].
 - ``geometry_msgs/TwistStamped``: ``header``, then 6 doubles: ``twist.linear`` [3], ``twist.angular`` [3].
+- ``std_msgs/Float32MultiArray``: ``layout.dim`` (a ``uint32`` count, then per dimension ``label``, ``size``
+  and ``stride`` as ``uint32``), ``layout.data_offset`` (``uint32``), then ``data`` (a ``uint32`` count and the
+  float32s); everything 4-byte aligned.
 
 Frames and units are those of :mod:`sim2real.deploy.codecs` (REP 105 odometry: twist in the body frame
 unless ``twist_frame="world"``).
@@ -231,3 +234,43 @@ def read_twist_stamped_cdr(data: bytes) -> tuple[np.ndarray, np.ndarray, int]:
     offset = doubles_offset(data, 1, TWIST_STAMPED_DOUBLES, "TwistStamped")
     v = np.frombuffer(data, dtype="<f8", count=TWIST_STAMPED_DOUBLES, offset=offset)
     return v[:3].copy(), v[3:].copy(), read_stamp_ns(data)
+
+
+class Float32ArrayWriter:
+    """Serialized ``std_msgs/Float32MultiArray`` of ``size`` values with one dimension labelled ``label`` (motor
+    commands: ``m1,m2,m3,m4``), ``data_offset`` 0."""
+
+    def __init__(self, label: str, size: int) -> None:
+        raw = label.encode() + b"\x00"
+        head = ENCAPSULATION + struct.pack("<II", 1, len(raw)) + raw
+        head += bytes(_aligned(len(head), 4) - len(head))
+        self.head = head + struct.pack("<IIII", size, size, 0, size)  # size, stride, data_offset, data count
+        self.size = size
+
+    def encode(self, values: np.ndarray) -> bytes:
+        """``values [size]`` as float32 bytes to publish."""
+        data = np.asarray(values, dtype="<f4")
+        if data.shape != (self.size,):
+            raise ValueError(f"{data.size} values for a {self.size}-value array")
+        return self.head + data.tobytes()
+
+
+def read_float32_array_cdr(data: bytes) -> np.ndarray:
+    """The ``data`` (float32 ``[n]``) of a serialized ``std_msgs/Float32MultiArray``; the layout is skipped."""
+    what = "Float32MultiArray"
+    if bytes(data[:2]) != ENCAPSULATION[:2]:
+        raise CdrError(f"{what}: encapsulation {bytes(data[:2]).hex()} is not little-endian CDR")
+    if len(data) < HEADER_BYTES + 4:
+        raise CdrError(f"{what}: {len(data)} bytes is too short for a layout")
+    (dims,) = struct.unpack_from("<I", data, HEADER_BYTES)
+    offset = HEADER_BYTES + 4
+    for _ in range(dims):
+        offset = _after_string(data, offset, what)
+        offset = _aligned(offset, 4) + 8  # size, stride
+    offset = _aligned(offset, 4) + 4  # data_offset
+    if offset + 4 > len(data):
+        raise CdrError(f"{what}: the message ends ({len(data)} bytes) before its data at byte {offset}")
+    (count,) = struct.unpack_from("<I", data, offset)
+    if offset + 4 + 4 * count > len(data):
+        raise CdrError(f"{what}: {len(data)} bytes is too short for {count} floats from byte {offset + 4}")
+    return np.frombuffer(data, dtype="<f4", count=count, offset=offset + 4).astype(np.float32)

@@ -10,7 +10,8 @@ Per robot ``R`` of ``robots`` (``cf1``..``cfN`` by default):
 - publishes ``R/goal`` (``geometry_msgs/PoseStamped``, the robot's target; reliable, at ``goal_rate_hz`` and
   on change);
 - subscribes ``R/cmd_vel`` (``geometry_msgs/TwistStamped``, world-frame m/s) for velocity policies or
-  ``R/cmd_rpm`` (``std_msgs/Float32MultiArray``, RPM) for motor policies, reliable depth 1.
+  ``R/cmd_rpm`` (``std_msgs/Float32MultiArray``, RPM) for motor policies, reliable depth 1, both read from the
+  serialized bytes; bytes that are not such a message are rejected and counted like an invalid command.
 
 plus ``/clock`` (``rosgraph_msgs/Clock``, simulated time). The physics is :class:`sim2real.bench.bridge.BridgeSim`
 (PyBullet by default; ``dynamics`` takes a ``dynamics.*`` perturbation spec as JSON; ``rate_hz`` > 0 steps
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -54,12 +56,23 @@ from s2r_ros.qos import COMMAND, SENSOR
 from std_msgs.msg import Float32MultiArray
 
 from sim2real.bench.bridge import BridgeSim
-from sim2real.deploy.cdr import CdrError, SwarmOdometryWriter, read_twist_stamped_cdr
+from sim2real.deploy.cdr import CdrError, SwarmOdometryWriter, read_float32_array_cdr, read_twist_stamped_cdr
 from sim2real.deploy.codecs import fill_stamp
 from sim2real.export import verify_bundle
 
 NODE_NAME = "sim_bridge"
 MODES = ("realtime", "lockstep")
+
+
+def velocity_command(data: bytes) -> tuple[np.ndarray, int]:
+    """A serialized ``TwistStamped``'s ``twist.linear`` ``[3]`` [m/s] and header stamp [ns]."""
+    linear, _, stamp = read_twist_stamped_cdr(data)
+    return linear, stamp
+
+
+def rpm_command(data: bytes) -> tuple[np.ndarray, None]:
+    """A serialized ``Float32MultiArray``'s motor speeds ``[4]`` [RPM] (unstamped)."""
+    return read_float32_array_cdr(data), None
 
 
 class SimBridgeNode(Node):
@@ -100,9 +113,9 @@ class SimBridgeNode(Node):
         for agent, robot in enumerate(self.robots):
             self.state_publishers.append(self.create_publisher(Odometry, f"{robot}/{state_topic}", SENSOR))
             self.goal_publishers.append(self.create_publisher(PoseStamped, f"{robot}/goal", COMMAND))
-            on_command = partial(self._on_velocity if vel else self._on_rpm, agent)
+            on_command = partial(self._on_command_bytes, velocity_command if vel else rpm_command, agent)
             topic = f"{robot}/{command_topic}"
-            subscriptions.append(self.create_subscription(command_type, topic, on_command, COMMAND, raw=vel))
+            subscriptions.append(self.create_subscription(command_type, topic, on_command, COMMAND, raw=True))
         self.clock_publisher = self.create_publisher(Clock, "/clock", SENSOR)
         self.answered = np.zeros(n, dtype=bool)
         self.last_stamp_ns = -1
@@ -128,19 +141,18 @@ class SimBridgeNode(Node):
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
 
-    def _on_velocity(self, agent: int, data: bytes) -> None:
-        """A serialized ``TwistStamped`` velocity command (raw subscription: no deserialization); bytes that are
-        not one are rejected (and counted) like an invalid command."""
+    def _on_command_bytes(
+        self, read: Callable[[bytes], tuple[np.ndarray, int | None]], agent: int, data: bytes
+    ) -> None:
+        """Robot ``agent``'s serialized command (raw subscription: no deserialization), read with ``read`` (values,
+        header stamp); bytes that are not such a message are rejected (and counted) like an invalid command."""
         try:
-            linear, _, stamp = read_twist_stamped_cdr(data)
+            command, stamp = read(data)
         except CdrError as err:
             self.sim.rejected_commands += 1
             self.get_logger().warning(f"{self.robots[agent]}: rejected command: {err}", throttle_duration_sec=1.0)
             return
-        self._on_command(agent, linear, stamp)
-
-    def _on_rpm(self, agent: int, msg: Float32MultiArray) -> None:
-        self._on_command(agent, np.frombuffer(msg.data, dtype=np.float32), None)
+        self._on_command(agent, command, stamp)
 
     def _on_command(self, agent: int, command: np.ndarray, stamp: int | None) -> None:
         """Robot ``agent``'s command; ``stamp`` is its header stamp (None for unstamped RPM commands)."""

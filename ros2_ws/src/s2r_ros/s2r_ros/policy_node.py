@@ -10,7 +10,7 @@ Per robot ``R`` in the ``robots`` parameter (crazyswarm2-style names, relative t
 - publishes ``R/cmd_vel`` (``geometry_msgs/TwistStamped``: world-frame velocity setpoint [m/s] in
   ``twist.linear``, frame ``world_frame``) for ``vel`` policies, or ``R/cmd_rpm`` (``std_msgs/
   Float32MultiArray``: motor speeds [RPM], one dimension labelled ``m1,m2,m3,m4``) for ``rpm`` policies,
-  reliable, depth 1 (velocity commands are serialized straight from numpy). A command's header stamp is
+  reliable, depth 1 (both serialized straight from numpy). A command's header stamp is
   the stamp of the odometry that produced it (latency from stamps); the watchdog's safe commands carry the
   time they were sent.
 
@@ -42,14 +42,21 @@ from geometry_msgs.msg import PoseStamped, TwistStamped
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from std_msgs.msg import Float32MultiArray, MultiArrayDimension
+from std_msgs.msg import Float32MultiArray
 
 from s2r_ros.bursts import take_waiting
 from s2r_ros.executor import run_node
 from s2r_ros.parameters import array_parameter
 from s2r_ros.qos import COMMAND, DIAGNOSTICS, SENSOR
 from sim2real.deploy import AgentCommand, SwarmController
-from sim2real.deploy.cdr import CdrError, TwistStampedWriter, odometry_offset, read_odometry_rows, read_stamp_ns
+from sim2real.deploy.cdr import (
+    CdrError,
+    Float32ArrayWriter,
+    TwistStampedWriter,
+    odometry_offset,
+    read_odometry_rows,
+    read_stamp_ns,
+)
 from sim2real.deploy.codecs import TWIST_FRAMES, fill_stamp, read_position
 from sim2real.deploy.failsafe import STARTUP_FAULTS, GuardedCommand
 from sim2real.export import OnnxPolicy, verify_bundle
@@ -115,6 +122,7 @@ class PolicyNode(Node):
         self.last_log_s = np.full(num_agents, -np.inf)
         self.unlogged = np.zeros(num_agents, dtype=np.int64)
         self.spec = self.controller.spec
+        self.rpm = Float32ArrayWriter(",".join(self.spec.names), len(self.spec.names))
         state_topic = self.declare_parameter("state_topic", "odom").value
         goal_topic = self.declare_parameter("goal_topic", "goal").value
         command_topic = self.declare_parameter("command_topic", COMMAND_TOPICS[self.spec.action_type]).value
@@ -172,10 +180,10 @@ class PolicyNode(Node):
         if guarded.changed:
             self._log_change(out.agent, guarded)
         if self.spec.action_type == "vel":
-            msg = self.velocity.encode(guarded.command, out.stamp_ns)
+            data = self.velocity.encode(guarded.command, out.stamp_ns)
         else:
-            msg = rpm_message(guarded.command, self.spec.names)
-        self.command_publishers[out.agent].publish(msg)
+            data = self.rpm.encode(guarded.command)
+        self.command_publishers[out.agent].publish(data)
 
     def _log_change(self, agent: int, guarded: GuardedCommand) -> None:
         """Log a failsafe change of robot ``agent``, unless one was logged less than ``log_period_s`` ago."""
@@ -212,14 +220,6 @@ class PolicyNode(Node):
                 )
             )
         self.diagnostics_publisher.publish(msg)
-
-
-def rpm_message(rpm: np.ndarray, names: tuple[str, ...]) -> Float32MultiArray:
-    """Motor speeds ``[4]`` [RPM], one dimension labelled with the motor names (``m1,m2,m3,m4``)."""
-    msg = Float32MultiArray()
-    msg.layout.dim = [MultiArrayDimension(label=",".join(names), size=len(names), stride=len(names))]
-    msg.data = np.asarray(rpm, dtype=np.float32)
-    return msg
 
 
 def main(args: list[str] | None = None) -> int:
