@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("--realtime-priority", type=int, default=50, help="SCHED_FIFO priority of the real-time runs")
     parser.add_argument("--repeats", type=int, default=5, help="runs of the goal case under each scheduling")
     args = parser.parse_args()
+    if args.repeats < 1 or args.tracking_flights < 1:
+        parser.error("--repeats and --tracking-flights must be at least 1")
     args.work.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rate = 100.0
