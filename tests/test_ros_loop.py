@@ -40,7 +40,8 @@ from sim2real.export import verify_bundle
 from sim2real.perturb.stream import StreamPerturber
 
 BUNDLE = Path(__file__).parent / "data" / "hover4_bundle"
-DOMAIN = 60 + os.getpid() % 30  # in-process contexts; the launcher's runs use its locked 100-200 range
+DOMAIN = 90 + os.getpid() % 5  # in-process contexts, up to DOMAIN + 4 (90-98): below the launcher's locked 100-200
+# and above test_ros_policy.py's ids
 
 
 @pytest.fixture(autouse=True)
@@ -158,7 +159,7 @@ def test_perturbation_node_forwards_the_robots_waiting_together_each_on_its_own_
     the policy node behind gets the swarm together; each robot's values are those of its own
     ``StreamPerturber``, as when the messages come one at a time."""
     context = Context()
-    rclpy.init(context=context, domain_id=DOMAIN + 33)
+    rclpy.init(context=context, domain_id=DOMAIN + 4)
     robots = ["cf1", "cf2", "cf3"]
     spec = {"perturbations": [{"kind": "obs.gaussian", "std": 0.05, "fields": ["position", "velocity"]}]}
     node = PerturbationNode(
@@ -230,7 +231,7 @@ def test_perturbation_node_replaces_one_robots_commands_and_passes_unreadable_by
     and angular rates are kept, and ground truth counts the replacements. Bytes that are not the topic's message
     (big-endian commands, truncated odometry) pass on untouched and the node keeps working."""
     context = Context()
-    rclpy.init(context=context, domain_id=DOMAIN + 30)
+    rclpy.init(context=context, domain_id=DOMAIN + 1)
     spec = {"perturbations": [{"kind": "agents.malicious", "rate": 0.3, "mode": "random", "agents": [1]}]}
     node = PerturbationNode(
         context=context,
@@ -326,7 +327,7 @@ def test_sim_bridge_rejects_unreadable_commands_and_flies_the_next_good_one(tmp_
         command = np.array([14000.0, 14100.0, 14200.0, 14300.0])
         good = Float32ArrayWriter("m1,m2,m3,m4", 4).encode(command)
     context = Context()
-    rclpy.init(context=context, domain_id=DOMAIN + 31)
+    rclpy.init(context=context, domain_id=DOMAIN + 2)
     parameters = [Parameter("bundle", value=str(bundle)), Parameter("mode", value="lockstep")]
     bridge = SimBridgeNode(context=context, parameter_overrides=parameters)
     driver = Node("driver", context=context)
@@ -357,7 +358,7 @@ def test_sim_bridge_holds_until_the_recorder_subscribes_to_every_recorded_topic(
     """With ``recorded_topics`` the bridge holds the drones until ``recorder_node`` subscribes to each of them:
     a recording that joins late would miss the first messages (it failed the lock-step test in CI)."""
     context = Context()
-    rclpy.init(context=context, domain_id=DOMAIN + 32)
+    rclpy.init(context=context, domain_id=DOMAIN + 3)
     recorded = [f"/cf{i}/cmd_vel" for i in range(1, 5)] + ["/cf1/odom"]
     parameters = [Parameter("bundle", value=str(BUNDLE)), Parameter("recorded_topics", value=recorded)]
     bridge = SimBridgeNode(context=context, parameter_overrides=parameters)

@@ -60,7 +60,7 @@ from sim2real.export import OnnxPolicy, env_contract
 from sim2real.export.bundle import NODE_PARAMS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
-DOMAIN_BASE = 30 + os.getpid() % 50  # per pytest process; each test adds its own offset (ids stay below 101)
+DOMAIN_BASE = 30 + os.getpid() % 50  # per pytest process; each test adds its own offset up to 7 (ids 30-86)
 TARGETS = np.array([[0.5, 0.0, 1.0], [-0.5, 0.2, 1.2]])
 
 
