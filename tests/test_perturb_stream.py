@@ -130,5 +130,9 @@ def test_burst_switch_and_bad_input():
     np.testing.assert_allclose(burst.command([1], np.ones((1, 2))), 1.0)
     with pytest.raises(ValueError, match="outside the swarm of 2"):
         burst.command([2], np.ones((1, 2)))
+    streams = BurstPerturber("action.delay(steps=1)", {"pos": 3}, act_dim=2, num_agents=2, seed=0)
+    assert not streams.swarm
+    with pytest.raises(ValueError, match="outside the swarm of 2"):
+        streams.command([-1], np.ones((1, 2)))  # not the last robot's stream
     with pytest.raises(ValueError, match=r"shape \(1, 3\), expected \(1, 2\)"):
         burst.command([0], np.ones((1, 3)))

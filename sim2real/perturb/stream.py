@@ -190,15 +190,17 @@ class BurstPerturber:
     def observe(self, agents: Sequence[int], messages: np.ndarray) -> list[np.ndarray | None]:
         """The observation messages ``[k, D]`` of robots ``agents`` to pass on now; None where nothing new is
         delivered (lost or late)."""
+        robots = self._robots(agents)
         if self.streams:
-            return [self.streams[a].observe(m) for a, m in zip(agents, messages, strict=True)]
-        return self._burst(agents, messages, self._obs, self._observations, "observation")
+            return [self.streams[a].observe(m) for a, m in zip(robots, messages, strict=True)]
+        return self._burst(robots, messages, self._obs, self._observations, "observation")
 
     def command(self, agents: Sequence[int], messages: np.ndarray) -> list[np.ndarray | None]:
         """The command messages ``[k, A]`` of robots ``agents`` to pass on now; None where nothing new is delivered."""
+        robots = self._robots(agents)
         if self.streams:
-            return [self.streams[a].command(m) for a, m in zip(agents, messages, strict=True)]
-        return self._burst(agents, messages, self._act, self._actions, "command")
+            return [self.streams[a].command(m) for a, m in zip(robots, messages, strict=True)]
+        return self._burst(robots, messages, self._act, self._actions, "command")
 
     def _observations(self, x: np.ndarray) -> np.ndarray:
         step = self.obs_bursts
@@ -210,22 +212,26 @@ class BurstPerturber:
         self.act_bursts += 1
         return self.pipeline.actions(x, None, np.array([step]), step)
 
+    def _robots(self, agents: Sequence[int]) -> list[int]:
+        """``agents`` as a list of robot indices, all within the swarm (else ``ValueError``)."""
+        robots = [int(a) for a in agents]
+        if robots and (min(robots) < 0 or max(robots) >= self.num_agents):
+            raise ValueError(f"robots {robots} outside the swarm of {self.num_agents} (0..{self.num_agents - 1})")
+        return robots
+
     def _burst(
         self,
-        agents: Sequence[int],
+        robots: list[int],
         messages: np.ndarray,
         buffer: np.ndarray,
         run: Callable[[np.ndarray], np.ndarray],
         what: str,
     ) -> list[np.ndarray | None]:
         """Swarm mode: each robot's ``k``-th message of the burst goes in the ``k``-th pipeline call."""
-        robots = [int(a) for a in agents]
         messages = np.asarray(messages, dtype=np.float32)
         if messages.shape != (len(robots), buffer.shape[-1]):
             expected = (len(robots), buffer.shape[-1])
             raise ValueError(f"{what} messages have shape {messages.shape}, expected {expected}")
-        if robots and (min(robots) < 0 or max(robots) >= self.num_agents):
-            raise ValueError(f"robots {robots} outside the swarm of {self.num_agents} (0..{self.num_agents - 1})")
         if robots == self._whole_swarm:  # the usual burst: every robot once, in order
             return self._call(buffer, messages, slice(None), run)
         if len(set(robots)) == len(robots):  # each robot once: one call
