@@ -10,7 +10,9 @@ rate is the mean over robots of the ``cmd_vel`` rate in the bag, against 100 Hz.
 normal scheduling (``latency``) and with every bench process on ``SCHED_FIFO`` (``latency_realtime``,
 ``--realtime-priority``; the summary says if it was refused). The goal case (4 drones with the hop) runs
 ``--repeats`` times under each, since one 15 s run's p99 moves by a few ms from run to run on a shared
-2-core machine: ``goal_case_repeats`` lists every run, and the goals use the median run. The 4-drone policy is
+2-core machine: ``goal_case_repeats`` lists every run, and the goals use the median run. Each of those runs is
+followed by one with the nodes' warm-up off (``warmup_lead_s: 0``, :mod:`s2r_ros.warmup`), in
+``goal_case_without_warmup`` (median) and ``goal_case_repeats_without_warmup``. The 4-drone policy is
 ``tests/data/hover4_bundle`` (trained for 30 Hz; the bench and node run it at 100 Hz here); the 16-drone
 policy is barely trained (latency does not depend on training).
 
@@ -83,6 +85,11 @@ def latency_entry(summary: dict[str, Any], rate_hz: float) -> dict[str, Any]:
     }
 
 
+def median_run(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median p99 (the upper one of an even count)."""
+    return sorted(entries, key=lambda e: e["p99_ms"])[len(entries) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -102,6 +109,7 @@ def main() -> None:
     rate = 100.0
     sections: dict[str, dict[str, Any]] = {"latency": {}, "latency_realtime": {}}
     repeats: dict[str, list[dict[str, Any]]] = {"normal": [], "realtime": []}
+    cold_repeats: dict[str, list[dict[str, Any]]] = {"normal": [], "realtime": []}  # the warm-up off
     for drones, bundle in ((4, BUNDLE4), (16, bundle16(args.work))):
         for scenario, hop in (("clean", "without_hop"), ("noise", "with_hop")):
             case = f"{drones}_drones_{hop}"
@@ -110,23 +118,27 @@ def main() -> None:
                 ("latency", "normal", 0),
                 ("latency_realtime", "realtime", args.realtime_priority),
             ):
-                entries = []
+                entries, cold = [], []  # warm-up at the nodes' default; off
+                variants = [(None, entries), (0.0, cold)] if case == GOAL_CASE else [(None, entries)]
                 for run in range(runs):
-                    out = args.work / f"{stamp}-{drones}-{scenario}-{scheduling}-{run}"
-                    summary = run_bench(
-                        bundle,
-                        load_scenario(scenario),
-                        duration_s=args.duration,
-                        out_dir=out,
-                        rate_hz=rate,
-                        realtime_priority=priority,
-                        progress=False,
-                    )
-                    entries.append(latency_entry(summary, rate))
-                    print(f"{case} {scheduling} run {run}: {entries[-1]}", flush=True)
+                    for warmup_lead_s, runs_of in variants:
+                        name = f"{stamp}-{drones}-{scenario}-{scheduling}-{run}" + ("-cold" if runs_of is cold else "")
+                        summary = run_bench(
+                            bundle,
+                            load_scenario(scenario),
+                            duration_s=args.duration,
+                            out_dir=args.work / name,
+                            rate_hz=rate,
+                            realtime_priority=priority,
+                            warmup_lead_s=warmup_lead_s,
+                            progress=False,
+                        )
+                        runs_of.append(latency_entry(summary, rate))
+                        print(f"{name}: {runs_of[-1]}", flush=True)
                 if case == GOAL_CASE:
-                    repeats[scheduling] = entries
-                sections[section][case] = sorted(entries, key=lambda e: e["p99_ms"])[len(entries) // 2]
+                    repeats[scheduling], cold_repeats[scheduling] = entries, cold
+                    sections[f"{section}_without_warmup"] = {case: median_run(cold)}
+                sections[section][case] = median_run(entries)
 
     noise = load_scenario("noise")
     policy = load_policy(BUNDLE4)
@@ -178,6 +190,7 @@ def main() -> None:
         "realtime_priority": args.realtime_priority,
         **sections,
         "goal_case_repeats": repeats,
+        "goal_case_repeats_without_warmup": cold_repeats,
         "tracking": tracking,
         "goals": {
             "p99_at_most_3ms_4_drones_with_hop": normal["p99_ms"] <= 3.0,

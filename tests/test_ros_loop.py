@@ -169,6 +169,7 @@ def test_perturbation_node_forwards_the_robots_waiting_together_each_on_its_own_
             Parameter("spec", value=json.dumps(spec)),
             Parameter("seed", value=3),
             Parameter("events_period_s", value=100.0),  # no report timer competes for the one callback below
+            Parameter("warmup_lead_s", value=0.0),  # nor a warm-up timer (its own test follows)
         ],
     )
     streams = [StreamPerturber(spec, ODOMETRY_LAYOUT, agent=i, num_agents=3, seed=3) for i in range(3)]
@@ -223,6 +224,75 @@ def test_perturbation_node_forwards_the_robots_waiting_together_each_on_its_own_
         np.testing.assert_allclose(have[7:10], want[7:10], atol=1e-6)  # world velocity
     clean = np.array([[i, 0.1 * k, 1.0] for k in range(10) for i in range(3)])
     assert np.all(np.array(got)[:, :3] != clean)  # the noise was applied to every robot's message
+
+
+def test_perturbation_node_warms_up_between_bursts_on_a_second_perturber() -> None:
+    """Bursts of 2 robots every 40 ms, the node spun all along: the warm-ups run between them, and each robot's
+    values are still those of its own ``StreamPerturber`` with its hits counted once (the warm-ups go through a
+    second perturber). When the bursts stop, the warm-ups stop. (A 15 ms lead: the warm-ups come while this
+    test spins, not while it sleeps.)"""
+    context = Context()
+    rclpy.init(context=context, domain_id=DOMAIN + 1)
+    robots, bursts = ["cf1", "cf2"], 20
+    spec = {"perturbations": [{"kind": "obs.gaussian", "std": 0.05, "fields": ["position"]}]}
+    node = PerturbationNode(
+        context=context,
+        parameter_overrides=[
+            Parameter("robots", value=robots),
+            Parameter("spec", value=json.dumps(spec)),
+            Parameter("seed", value=5),
+            Parameter("warmup_lead_s", value=0.015),
+        ],
+    )
+    streams = [StreamPerturber(spec, ODOMETRY_LAYOUT, agent=i, num_agents=2, seed=5) for i in range(2)]
+    driver = Node("driver", context=context)
+    publishers = [driver.create_publisher(Odometry, f"/{robot}/odom_raw", SENSOR) for robot in robots]
+    received: dict[str, list[Odometry]] = {robot: [] for robot in robots}
+    for robot in robots:
+        driver.create_subscription(Odometry, f"/{robot}/odom", received[robot].append, SENSOR)
+    executor = rclpy.executors.SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    executor.add_node(driver)
+
+    def spin_for(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.002)
+
+    level = np.array([0.0, 0.0, 0.0, 1.0])
+    sent = []
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(
+            p.get_subscription_count() and q.get_subscription_count()
+            for p, q in zip(publishers, node.state_publishers, strict=True)
+        ):
+            executor.spin_once(timeout_sec=0.01)
+        for k in range(bursts):
+            states = [RobotState(np.array([i, 0.1 * k, 1.0]), level, np.zeros(3), np.zeros(3), k) for i in range(2)]
+            for publisher, state in zip(publishers, states, strict=True):
+                msg = Odometry()
+                fill_odometry(msg, state)
+                publisher.publish(msg)
+            sent.append(states)
+            time.sleep(0.01)  # both are waiting in the node's subscriptions: one burst
+            spin_for(0.03)
+        fires = node.warmer.fires
+        spin_for(0.3)
+        stopped = node.warmer.fires <= fires + 1 and node.warmer.timer.is_canceled()
+        counts = [node.perturber.counts(agent)["0:obs.gaussian"]["events"] for agent in range(2)]
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        driver.destroy_node()
+        rclpy.try_shutdown(context=context)
+    assert fires >= bursts // 2 and stopped  # from the fifth burst on, once the period is known
+    assert counts == [bursts, bursts]
+    for i, robot in enumerate(robots):
+        got = {read_odometry(m).stamp_ns: read_odometry(m).row() for m in received[robot]}
+        assert sorted(got) == list(range(bursts))  # reliable here: every burst, once
+        for k in range(bursts):
+            np.testing.assert_allclose(got[k][:3], streams[i].observe(sent[k][i].row())[:3], atol=1e-6)
 
 
 def test_perturbation_node_replaces_one_robots_commands_and_passes_unreadable_bytes_on() -> None:

@@ -32,6 +32,7 @@ from rclpy.serialization import deserialize_message, serialize_message
 from s2r_ros.executor import SHUTDOWN_GRACE_S, make_executor, spin_until_shutdown
 from s2r_ros.policy_node import PolicyNode
 from s2r_ros.qos import COMMAND, SENSOR
+from s2r_ros.warmup import BurstPeriod
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
 from sim2real.deploy import CommandSpec, ControlSchedule, Failsafe, RobotState, SwarmController, SwarmObserver
@@ -583,6 +584,53 @@ def test_policy_node_steps_odometry_that_arrived_together_in_one_inference(vel_b
     )
     for robot, command in zip(states, expected, strict=True):
         np.testing.assert_allclose(linear(h.reply(robot, states[robot].stamp_ns)), command.guarded.command, atol=1e-5)
+
+
+def test_burst_period_is_the_median_interval_between_burst_starts() -> None:
+    """Arrivals within 1 ms of the one before are the same burst; a missed burst (one interval of two periods)
+    does not move the period; too few intervals give none."""
+    period = BurstPeriod()
+    t, ms = 0, 1_000_000
+    assert period.arrived(t) and period.period_ns is None
+    for k in range(1, 10):
+        t += 20 * ms if k == 5 else 10 * ms  # burst 5 came a period late (one missed)
+        assert period.arrived(t)
+        assert not period.arrived(t + ms // 2)  # the same burst, split by the scheduler
+        if k == 3:
+            assert period.period_ns is None  # three intervals: not enough yet
+    assert period.period_ns == 10 * ms
+    assert period.arrived(t + ms)  # exactly 1 ms later: a new burst
+
+
+def test_policy_node_warms_up_between_bursts_and_changes_no_command(vel_bundle: Path, harness_factory) -> None:
+    """Odometry bursts every 40 ms: the warm-up runs between them on a copy of the last burst, every command
+    equals the one a controller without warm-ups computes, no command is added, and the warm-ups stop when
+    the bursts stop. (The lead is 15 ms: the warm-ups come while this test spins, not while it sleeps.)"""
+    h = harness_factory(6, vel_bundle, targets=TARGETS.ravel().tolist(), stale_timeout_s=5.0, warmup_lead_s=0.015)
+    warmer = h.policy_node.warmer
+    assert warmer is not None and warmer.fires == 0
+    reference = SwarmController(OnnxPolicy(vel_bundle), targets=TARGETS, stale_timeout_s=5.0)
+    period_ns, bursts = 40_000_000, 25
+    t0 = h.now_ns()
+    for k in range(bursts):
+        stamp = t0 + k * period_ns
+        states = {robot: robot_state(200 + 2 * k + i, stamp) for i, robot in enumerate(("cf1", "cf2"))}
+        for robot, state in states.items():
+            h.odom_publishers[robot].publish(h.odometry(robot, state))
+        time.sleep(0.01)  # both samples are in the node's readers: one burst
+        assert h.spin_until(lambda s=stamp: all(h.reply(r, s) for r in ("cf1", "cf2")), 5.0)
+        expected = reference.on_states(dict(enumerate(states.values())), stamp)
+        for robot, command in zip(states, expected, strict=True):
+            np.testing.assert_allclose(linear(h.reply(robot, stamp)), command.guarded.command, atol=1e-9)
+        h.spin_until(lambda s=stamp: h.now_ns() >= s + period_ns, 1.0)
+    assert warmer.fires >= bursts // 2  # from the fifth burst on, once the period is known
+    stamps = {t0 + k * period_ns for k in range(bursts)}
+    for robot in ("cf1", "cf2"):
+        answered = [stamp_to_ns(c.header.stamp) for c in h.commands[robot]]
+        assert sorted(t for t in answered if t in stamps) == sorted(stamps)  # each burst answered once
+    fires = warmer.fires
+    h.spin_until(lambda: False, 0.3)
+    assert warmer.fires <= fires + 1 and warmer.timer.is_canceled()
 
 
 def test_policy_node_fails_safe_on_silence_and_nan_and_recovers(vel_bundle: Path, harness_factory) -> None:

@@ -125,6 +125,7 @@ def run_bench(
     hold_after_s: float | None = None,
     rate_hz: float | None = None,
     realtime_priority: int = 0,
+    warmup_lead_s: float | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Fly ``bundle``'s policy on the simulated swarm under ``scenario`` for ``duration_s``; returns the summary.
@@ -139,8 +140,13 @@ def run_bench(
     benchmarks). ``realtime_priority`` (1-99; 0, the default, is normal scheduling) runs every bench process on
     ``SCHED_FIFO`` at that priority once it has started (the nodes' ``realtime_priority`` parameter), as a
     robot's control stack would run; the summary's ``scheduling`` says which processes were refused it.
+    ``warmup_lead_s`` sets the perturbation and policy nodes' ``warmup_lead_s`` (:mod:`s2r_ros.warmup`; 0: no
+    warm-up; None: their default).
     """
     check_priority(realtime_priority)
+    if warmup_lead_s is not None and warmup_lead_s < 0:
+        raise ValueError(f"warmup_lead_s must be >= 0 s (0: no warm-up), got {warmup_lead_s}")
+    warmup = {} if warmup_lead_s is None else {"warmup_lead_s": float(warmup_lead_s)}
     out_dir = Path(out_dir)
     if (out_dir / "bag").exists():
         raise FileExistsError(f"{out_dir / 'bag'} exists: choose a new --out directory")
@@ -196,6 +202,7 @@ def run_bench(
                     "seed": scenario.seed,
                     "command_in": f"{command}_raw" if command_hop else "",
                     "command_out": command,
+                    **warmup,
                 },
                 out_dir,
                 realtime_priority,
@@ -211,6 +218,7 @@ def run_bench(
                 "command_topic": f"{command}_raw" if command_hop else command,
                 "use_sim_time": lockstep,  # lock step stamps with the simulated time
                 **({"rate_hz": float(rate_hz)} if rate_hz else {}),
+                **warmup,
             },
             out_dir,
             realtime_priority,

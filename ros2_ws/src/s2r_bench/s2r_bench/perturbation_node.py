@@ -26,6 +26,11 @@ kinds such as noise, bias or clipping, on the default schedule) perturbs a burst
 swarm; any other spec steps each robot's own stream, message by message, as its delays, dropouts and timing
 faults count that robot's messages (:class:`~sim2real.perturb.stream.BurstPerturber`).
 
+Warm-up (``warmup_lead_s``, default 2.5 ms; 0: off): that long before the next odometry burst is due, the node
+perturbs a copy of the last one through a second perturber of the spec and publishes nothing, so the burst's
+code is in the CPU caches when the burst comes (:mod:`s2r_ros.warmup`); the robots' streams and hit counts never
+see the copies. Command bursts are not warmed.
+
 Ground truth: every ``events_period_s`` (default 0.1 s) the hits since the last report go out on
 ``/bench/perturbation_events`` (``std_msgs/String``): a JSON list of ``{robot, stream, kind, name, hits,
 mean_magnitude}``, one record per robot and perturbation that hit (``stream``: ``state`` or ``command``, the hop
@@ -55,6 +60,7 @@ from s2r_ros.bursts import take_waiting
 from s2r_ros.executor import run_node
 from s2r_ros.parameters import array_parameter
 from s2r_ros.qos import COMMAND, SENSOR
+from s2r_ros.warmup import declare_warmup
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
@@ -138,7 +144,12 @@ class PerturbationNode(Node):
             act_dim = len(self.offset)
         n = len(self.robots)
         # the node reports hit counts only: no ground-truth rows kept (memory, and time per hit)
-        self.perturber = BurstPerturber(spec, ODOMETRY_LAYOUT, act_dim=act_dim, num_agents=n, seed=seed, log_capacity=0)
+        perturber = partial(BurstPerturber, spec, ODOMETRY_LAYOUT, act_dim=act_dim, num_agents=n, seed=seed)
+        self.perturber = perturber(log_capacity=0)
+        self.last_states: tuple[list[int], list[bytes], list[int]] | None = None  # the last odometry burst
+        self.warmer = declare_warmup(self, self._warm)
+        # the warm-ups go through a second perturber of the spec: the robots' streams never see them
+        self.shadow = perturber(log_capacity=0) if self.warmer is not None else None
         self.kinds = {p.name: p.kind for p in self.perturber.pipeline.items}
         self.streams = {p.name: "command" if acts_on_commands(p) else "state" for p in self.perturber.pipeline.items}
         self.reported: list[dict[str, int]] = [{} for _ in range(n)]  # hits per robot and name in earlier reports
@@ -168,6 +179,8 @@ class PerturbationNode(Node):
 
     def _on_state(self, agent: int, data: bytes) -> None:
         """Robot ``agent``'s serialized odometry, with the other robots' that arrived with it (see :meth:`_burst`)."""
+        if self.warmer is not None:
+            self.warmer.arrived()
         self._burst(self.state_subscriptions, self.state_publishers, agent, data, odometry_offset, self._perturb_states)
 
     def _on_command(self, agent: int, data: bytes) -> None:
@@ -207,8 +220,20 @@ class PerturbationNode(Node):
 
     def _perturb_states(self, robots: list[int], data: list[bytes], offsets: list[int]) -> list[bytes | None]:
         """The robots' serialized odometry (``offsets``: :func:`odometry_offset`), perturbed (None: dropped)."""
+        self.last_states = (robots, data, offsets)
+        return self._states_through(self.perturber, robots, data, offsets)
+
+    def _warm(self) -> None:
+        """The last odometry burst through the second perturber, nothing published (:mod:`s2r_ros.warmup`)."""
+        if self.last_states is not None:
+            self._states_through(self.shadow, *self.last_states)
+
+    def _states_through(
+        self, perturber: BurstPerturber, robots: list[int], data: list[bytes], offsets: list[int]
+    ) -> list[bytes | None]:
+        """What :meth:`_perturb_states` forwards, with ``perturber``."""
         rows = read_odometry_rows(data, offsets, self.twist_frame)
-        outs = self.perturber.observe(robots, rows)
+        outs = perturber.observe(robots, rows)
 
         def patch(ks: list[int], values: np.ndarray) -> list[bytes]:
             messages, at = [data[k] for k in ks], [offsets[k] for k in ks]
@@ -260,6 +285,8 @@ class PerturbationNode(Node):
 
     def _on_set_enabled(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         self.perturber.set_enabled(request.data)
+        if self.shadow is not None:
+            self.shadow.set_enabled(request.data)
         response.success = True
         response.message = f"perturbations {'on' if request.data else 'off'}"
         self.get_logger().info(response.message)
