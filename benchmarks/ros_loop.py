@@ -11,8 +11,9 @@ normal scheduling (``latency``) and with every bench process on ``SCHED_FIFO`` (
 ``--realtime-priority``; the summary says if it was refused). The goal case (4 drones with the hop) runs
 ``--repeats`` times under each, since one 15 s run's p99 moves by a few ms from run to run on a shared
 2-core machine: ``goal_case_repeats`` lists every run, and the goals use the median run. Each of those runs is
-followed by one with the nodes' warm-up off (``warmup_lead_s: 0``, :mod:`s2r_ros.warmup`), in
-``goal_case_without_warmup`` (median) and ``goal_case_repeats_without_warmup``. The 4-drone policy is
+followed by one with the nodes' warm-up off (``warmup_lead_s: 0``, :mod:`s2r_ros.warmup`): the median runs in
+``latency_without_warmup`` and ``latency_realtime_without_warmup``, every run in
+``goal_case_repeats_without_warmup``. The 4-drone policy is
 ``tests/data/hover4_bundle`` (trained for 30 Hz; the bench and node run it at 100 Hz here); the 16-drone
 policy is barely trained (latency does not depend on training).
 

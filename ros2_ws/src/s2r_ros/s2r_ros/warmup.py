@@ -6,7 +6,7 @@ of 4 odometry messages took 0.78 ms (p50) after a 10 ms sleep and 0.46 ms when t
 1 ms before (local probe, 2 cores). :class:`BurstWarmer` runs such a copy (the node's ``warm`` function, which
 must publish nothing and leave the node's state alone) ``lead_s`` before the next burst is due, from the
 bursts' own period and phase. It costs each node one more pass of its burst work per period; its effect on the
-bench's latency is in ``benchmarks/results/ros_loop.json`` (``goal_case_without_warmup``) and
+bench's latency is in ``benchmarks/results/ros_loop.json`` (the goal case with and without it) and
 ``ros2_ws/README.md``.
 """
 
