@@ -10,10 +10,10 @@ rate is the mean over robots of the ``cmd_vel`` rate in the bag, against 100 Hz.
 normal scheduling (``latency``) and with every bench process on ``SCHED_FIFO`` (``latency_realtime``,
 ``--realtime-priority``; the summary says if it was refused). The goal case (4 drones with the hop) runs
 ``--repeats`` times under each, since one 15 s run's p99 moves by a few ms from run to run on a shared
-2-core machine: ``goal_case_repeats`` lists every run, and the goals use the median run. Each of those runs is
-followed by one with the nodes' warm-up off (``warmup_lead_s: 0``, :mod:`s2r_ros.warmup`): the median runs in
-``latency_without_warmup`` and ``latency_realtime_without_warmup``, every run in
-``goal_case_repeats_without_warmup``. The 4-drone policy is
+2-core machine: ``goal_case_repeats`` lists every run, and the goals use the median run. The nodes warm up
+before each burst on ``SCHED_FIFO`` (:mod:`s2r_ros.warmup`): each real-time run of the goal case is followed by
+one with the warm-up off (``warmup_lead_s: 0``), its median run in ``latency_realtime_without_warmup`` and every
+run in ``goal_case_repeats_without_warmup``. The 4-drone policy is
 ``tests/data/hover4_bundle`` (trained for 30 Hz; the bench and node run it at 100 Hz here); the 16-drone
 policy is barely trained (latency does not depend on training).
 
@@ -110,7 +110,7 @@ def main() -> None:
     rate = 100.0
     sections: dict[str, dict[str, Any]] = {"latency": {}, "latency_realtime": {}}
     repeats: dict[str, list[dict[str, Any]]] = {"normal": [], "realtime": []}
-    cold_repeats: dict[str, list[dict[str, Any]]] = {"normal": [], "realtime": []}  # the warm-up off
+    cold_repeats: list[dict[str, Any]] = []  # the goal case on SCHED_FIFO with the warm-up off
     for drones, bundle in ((4, BUNDLE4), (16, bundle16(args.work))):
         for scenario, hop in (("clean", "without_hop"), ("noise", "with_hop")):
             case = f"{drones}_drones_{hop}"
@@ -120,7 +120,7 @@ def main() -> None:
                 ("latency_realtime", "realtime", args.realtime_priority),
             ):
                 entries, cold = [], []  # warm-up at the nodes' default; off
-                variants = [(None, entries), (0.0, cold)] if case == GOAL_CASE else [(None, entries)]
+                variants = [(None, entries), (0.0, cold)] if case == GOAL_CASE and priority else [(None, entries)]
                 for run in range(runs):
                     for warmup_lead_s, runs_of in variants:
                         name = f"{stamp}-{drones}-{scenario}-{scheduling}-{run}" + ("-cold" if runs_of is cold else "")
@@ -137,7 +137,9 @@ def main() -> None:
                         runs_of.append(latency_entry(summary, rate))
                         print(f"{name}: {runs_of[-1]}", flush=True)
                 if case == GOAL_CASE:
-                    repeats[scheduling], cold_repeats[scheduling] = entries, cold
+                    repeats[scheduling] = entries
+                if cold:
+                    cold_repeats = cold
                     sections[f"{section}_without_warmup"] = {case: median_run(cold)}
                 sections[section][case] = median_run(entries)
 

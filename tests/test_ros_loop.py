@@ -242,6 +242,7 @@ def test_perturbation_node_warms_up_between_bursts_on_a_second_perturber() -> No
             Parameter("spec", value=json.dumps(spec)),
             Parameter("seed", value=5),
             Parameter("warmup_lead_s", value=0.015),
+            Parameter("warmup_realtime_only", value=False),  # this test's thread is not real-time
         ],
     )
     streams = [StreamPerturber(spec, ODOMETRY_LAYOUT, agent=i, num_agents=2, seed=5) for i in range(2)]

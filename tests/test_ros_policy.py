@@ -605,24 +605,37 @@ def test_burst_period_is_the_median_interval_between_burst_starts() -> None:
 def test_policy_node_warms_up_between_bursts_and_changes_no_command(vel_bundle: Path, harness_factory) -> None:
     """Odometry bursts every 40 ms: the warm-up runs between them on a copy of the last burst, every command
     equals the one a controller without warm-ups computes, no command is added, and the warm-ups stop when
-    the bursts stop. (The lead is 15 ms: the warm-ups come while this test spins, not while it sleeps.)"""
-    h = harness_factory(6, vel_bundle, targets=TARGETS.ravel().tolist(), stale_timeout_s=5.0, warmup_lead_s=0.015)
+    the bursts stop; by default they run only on a real-time thread, which this test's is not. (The lead is 15 ms:
+    the warm-ups come while this test spins, not while it sleeps.)"""
+    h = harness_factory(
+        6,
+        vel_bundle,
+        targets=TARGETS.ravel().tolist(),
+        stale_timeout_s=5.0,
+        warmup_lead_s=0.015,
+        warmup_realtime_only=False,
+    )
     warmer = h.policy_node.warmer
     assert warmer is not None and warmer.fires == 0
     reference = SwarmController(OnnxPolicy(vel_bundle), targets=TARGETS, stale_timeout_s=5.0)
     period_ns, bursts = 40_000_000, 25
-    t0 = h.now_ns()
-    for k in range(bursts):
+
+    def fly(k: int) -> None:
+        """Burst ``k``: both robots' odometry, checked against the reference controller, then a period."""
         stamp = t0 + k * period_ns
         states = {robot: robot_state(200 + 2 * k + i, stamp) for i, robot in enumerate(("cf1", "cf2"))}
         for robot, state in states.items():
             h.odom_publishers[robot].publish(h.odometry(robot, state))
         time.sleep(0.01)  # both samples are in the node's readers: one burst
-        assert h.spin_until(lambda s=stamp: all(h.reply(r, s) for r in ("cf1", "cf2")), 5.0)
+        assert h.spin_until(lambda: all(h.reply(r, stamp) for r in ("cf1", "cf2")), 5.0)
         expected = reference.on_states(dict(enumerate(states.values())), stamp)
         for robot, command in zip(states, expected, strict=True):
             np.testing.assert_allclose(linear(h.reply(robot, stamp)), command.guarded.command, atol=1e-9)
-        h.spin_until(lambda s=stamp: h.now_ns() >= s + period_ns, 1.0)
+        h.spin_until(lambda: h.now_ns() >= stamp + period_ns, 1.0)
+
+    t0 = h.now_ns()
+    for k in range(bursts):
+        fly(k)
     assert warmer.fires >= bursts // 2  # from the fifth burst on, once the period is known
     stamps = {t0 + k * period_ns for k in range(bursts)}
     for robot in ("cf1", "cf2"):
@@ -631,6 +644,11 @@ def test_policy_node_warms_up_between_bursts_and_changes_no_command(vel_bundle: 
     fires = warmer.fires
     h.spin_until(lambda: False, 0.3)
     assert warmer.fires <= fires + 1 and warmer.timer.is_canceled()
+    warmer.realtime_only, fires = True, warmer.fires  # the default, on this normal-priority thread
+    t0 = h.now_ns()
+    for k in range(8):
+        fly(k)
+    assert warmer.fires == fires
 
 
 def test_policy_node_fails_safe_on_silence_and_nan_and_recovers(vel_bundle: Path, harness_factory) -> None:

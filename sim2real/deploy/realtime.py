@@ -61,3 +61,10 @@ def set_process_realtime(priority: int) -> int:
             f"limit of at least {priority} (ulimit -r, or rtprio in /etc/security/limits.conf)"
         ) from err
     return threads
+
+
+def runs_realtime() -> bool:
+    """Whether the calling thread runs on a real-time policy (``SCHED_FIFO`` or ``SCHED_RR``)."""
+    if not hasattr(os, "sched_getscheduler"):
+        return False
+    return os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR)

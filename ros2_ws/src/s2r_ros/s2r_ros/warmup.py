@@ -5,9 +5,11 @@ and the other nodes its code and data leave the CPU caches meanwhile: the pertur
 of 4 odometry messages took 0.78 ms (p50) after a 10 ms sleep and 0.46 ms when the same work had run on a copy
 1 ms before (local probe, 2 cores). :class:`BurstWarmer` runs such a copy (the node's ``warm`` function, which
 must publish nothing and leave the node's state alone) ``lead_s`` before the next burst is due, from the
-bursts' own period and phase. It costs each node one more pass of its burst work per period; its effect on the
-bench's latency is in ``benchmarks/results/ros_loop.json`` (the goal case with and without it) and
-``ros2_ws/README.md``.
+bursts' own period and phase. It costs each node one more pass of its burst work per period.
+
+On the 4-drone bench with the perturbation hop it helped on ``SCHED_FIFO`` and not under normal scheduling,
+where the extra CPU time left the median as it was and lengthened the tail (``benchmarks/results/ros_loop.json``,
+``ros2_ws/README.md``), so by default it runs only while the node's thread is on a real-time policy.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from collections.abc import Callable
 
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
+
+from sim2real.deploy.realtime import runs_realtime
 
 DEFAULT_LEAD_S = 0.0025
 """How long before the next burst the warm-up runs [s]: its effect wears off within a few milliseconds, and
@@ -69,13 +73,15 @@ class BurstWarmer:
         node: the node whose timer runs the warm-ups.
         lead_s: how long before the next burst [s]; > 0.
         warm: the node's burst work on a copy of its last burst: publishes nothing, changes no state.
+        realtime_only: warm up only while the node's callbacks run on ``SCHED_FIFO``/``SCHED_RR``.
     """
 
-    def __init__(self, node: Node, lead_s: float, warm: Callable[[], None]) -> None:
+    def __init__(self, node: Node, lead_s: float, warm: Callable[[], None], *, realtime_only: bool = True) -> None:
         if lead_s <= 0:
             raise ValueError(f"the warm-up lead must be > 0 s, got {lead_s}")
         self.lead_ns = round(lead_s * 1e9)
         self.warm = warm
+        self.realtime_only = realtime_only
         self.period = BurstPeriod()
         self.fires = 0
         self.timer_period_ns = 10**9
@@ -86,6 +92,8 @@ class BurstWarmer:
 
     def arrived(self) -> None:
         """A burst's callback has started: re-arm the warm-up for the next one."""
+        if self.realtime_only and not runs_realtime():
+            return
         if not self.period.arrived(time.monotonic_ns()):
             return
         period_ns = self.period.period_ns
@@ -108,8 +116,9 @@ class BurstWarmer:
 
 
 def declare_warmup(node: Node, warm: Callable[[], None]) -> BurstWarmer | None:
-    """``node``'s parameter ``warmup_lead_s`` [s] (default :data:`DEFAULT_LEAD_S`; 0: no warm-up) as a
-    :class:`BurstWarmer` of ``warm``, None when it is 0.
+    """``node``'s parameters ``warmup_lead_s`` [s] (default :data:`DEFAULT_LEAD_S`; 0: no warm-up) and
+    ``warmup_realtime_only`` (default true: only on a real-time policy) as a :class:`BurstWarmer` of ``warm``,
+    None when the lead is 0.
 
     Raises:
         ValueError: a negative lead.
@@ -117,4 +126,5 @@ def declare_warmup(node: Node, warm: Callable[[], None]) -> BurstWarmer | None:
     lead_s = node.declare_parameter("warmup_lead_s", DEFAULT_LEAD_S).value
     if lead_s < 0:
         raise ValueError(f"parameter 'warmup_lead_s' must be >= 0 s (0: no warm-up), got {lead_s}")
-    return BurstWarmer(node, lead_s, warm) if lead_s > 0 else None
+    realtime_only = node.declare_parameter("warmup_realtime_only", True).value
+    return BurstWarmer(node, lead_s, warm, realtime_only=realtime_only) if lead_s > 0 else None
