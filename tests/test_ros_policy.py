@@ -768,6 +768,9 @@ def test_policy_node_refuses_a_bundle_that_differs_from_the_declared_setup(vel_b
         robots = [Parameter("bundle", value=str(vel_bundle)), Parameter("robots", value=["cf1"])]
         with pytest.raises(ValueError, match="names 1"):
             PolicyNode(context=context, parameter_overrides=robots)
+        lead = [Parameter("bundle", value=str(vel_bundle)), Parameter("warmup_lead_s", value=-0.001)]
+        with pytest.raises(ValueError, match=r"'warmup_lead_s' must be >= 0 s \(0: no warm-up\), got -0.001"):
+            PolicyNode(context=context, parameter_overrides=lead)
     finally:
         rclpy.try_shutdown(context=context)
 
