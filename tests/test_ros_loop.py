@@ -49,6 +49,14 @@ def localhost_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
 
+def spin_until_subscribed(publishers: list, executors: list, timeout_s: float = 10.0) -> None:
+    """Spin ``executors`` until every one of ``publishers`` has a subscriber, or ``timeout_s`` has passed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not all(p.get_subscription_count() for p in publishers):
+        for executor in executors:
+            executor.spin_once(timeout_sec=0.01)
+
+
 def test_scenarios_load_and_split_between_the_simulator_and_the_perturbation_node(tmp_path: Path) -> None:
     assert {"clean", "noise", "dropout", "delay", "malicious"} <= set(builtin_scenarios())
     assert load_scenario("clean").perturbations is None
@@ -109,9 +117,7 @@ def test_perturbation_node_noise_and_dropout_statistics_match_the_spec() -> None
         return state
 
     try:
-        deadline = time.monotonic() + 10
-        while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.01)
+        spin_until_subscribed([publisher], [executor])
         sent = [send(k) for k in range(1000)]
         deadline, seen, quiet_since = time.monotonic() + 10, -1, time.monotonic()
         while time.monotonic() < deadline and time.monotonic() - quiet_since < 0.5:  # until nothing more arrives
@@ -186,13 +192,7 @@ def test_perturbation_node_forwards_the_robots_waiting_together_each_on_its_own_
     level = np.array([0.0, 0.0, 0.0, 1.0])
     delivered_per_callback, expected, got = [], [], []
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not all(
-            p.get_subscription_count() and q.get_subscription_count()
-            for p, q in zip(publishers, node.state_publishers, strict=True)
-        ):
-            driver_executor.spin_once(timeout_sec=0.01)
-            node_executor.spin_once(timeout_sec=0.01)
+        spin_until_subscribed([*publishers, *node.state_publishers], [driver_executor, node_executor])
         for k in range(10):
             states = [
                 RobotState(np.array([i, 0.1 * k, 1.0]), level, np.array([0.0, 0.0, 0.01 * k]), np.zeros(3), k)
@@ -263,12 +263,7 @@ def test_perturbation_node_warms_up_between_bursts_on_a_second_perturber() -> No
     level = np.array([0.0, 0.0, 0.0, 1.0])
     sent = []
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not all(
-            p.get_subscription_count() and q.get_subscription_count()
-            for p, q in zip(publishers, node.state_publishers, strict=True)
-        ):
-            executor.spin_once(timeout_sec=0.01)
+        spin_until_subscribed([*publishers, *node.state_publishers], [executor])
         for k in range(bursts):
             states = [RobotState(np.array([i, 0.1 * k, 1.0]), level, np.zeros(3), np.zeros(3), k) for i in range(2)]
             for publisher, state in zip(publishers, states, strict=True):
@@ -347,9 +342,7 @@ def test_perturbation_node_replaces_one_robots_commands_and_passes_unreadable_by
                 seen, quiet_since = count, time.monotonic()
 
     try:
-        deadline = time.monotonic() + 10
-        while any(p.get_subscription_count() == 0 for p in command_in) and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.01)
+        spin_until_subscribed(command_in, [executor])
         for k in range(sent):
             for publisher in command_in:
                 msg = deserialize_message(writer.encode(velocity, 1000 + k), TwistStamped)
@@ -407,9 +400,7 @@ def test_sim_bridge_rejects_unreadable_commands_and_flies_the_next_good_one(tmp_
     executor.add_node(bridge)
     executor.add_node(driver)
     try:
-        deadline = time.monotonic() + 10
-        while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.01)
+        spin_until_subscribed([publisher], [executor])
         for data in (b"\x00\x00" + good[2:], good[:-8], good):  # big-endian, truncated, good
             publisher.publish(data)
             for _ in range(5):
