@@ -141,7 +141,7 @@ def run_bench(
     ``SCHED_FIFO`` at that priority once it has started (the nodes' ``realtime_priority`` parameter), as a
     robot's control stack would run; the summary's ``scheduling`` says which processes were refused it.
     ``warmup_lead_s`` sets the perturbation and policy nodes' ``warmup_lead_s`` (:mod:`s2r_ros.warmup`; 0: no
-    warm-up; None: their default).
+    warm-up; None: their default, 2.5 ms); the nodes warm up only on ``SCHED_FIFO`` (``realtime_priority``).
     """
     check_priority(realtime_priority)
     if warmup_lead_s is not None and warmup_lead_s < 0:

@@ -29,7 +29,8 @@ faults count that robot's messages (:class:`~sim2real.perturb.stream.BurstPertur
 Warm-up (``warmup_lead_s``, default 2.5 ms; 0: off): that long before the next odometry burst is due, the node
 perturbs a copy of the last one through a second perturber of the spec and publishes nothing, so the burst's
 code is in the CPU caches when the burst comes (:mod:`s2r_ros.warmup`); the robots' streams and hit counts never
-see the copies. Command bursts are not warmed.
+see the copies. Command bursts are not warmed. By default only on ``SCHED_FIFO`` (``realtime_priority``), where it
+was measured to help (``warmup_realtime_only``).
 
 Ground truth: every ``events_period_s`` (default 0.1 s) the hits since the last report go out on
 ``/bench/perturbation_events`` (``std_msgs/String``): a JSON list of ``{robot, stream, kind, name, hits,

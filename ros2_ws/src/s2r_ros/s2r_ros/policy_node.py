@@ -23,7 +23,8 @@ does not wait for the others' inferences. Parameters: ``config/policy.yaml``.
 
 Warm-up (``warmup_lead_s``, default 2.5 ms; 0: off): that long before the next burst is due, the node steps a
 copy of the last burst through a second controller on the same policy and encodes its commands without
-publishing them, so the burst's code is in the CPU caches when the burst comes (:mod:`s2r_ros.warmup`).
+publishing them, so the burst's code is in the CPU caches when the burst comes (:mod:`s2r_ros.warmup`). By
+default only on ``SCHED_FIFO`` (``realtime_priority``), where it was measured to help (``warmup_realtime_only``).
 
 Odometry that cannot be read (not little-endian CDR) is ignored, with an error logged at most once per
 ``log_period_s``: the robot then goes stale and fails safe. Failsafe changes are logged at most once per
