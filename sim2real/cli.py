@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from sim2real import __version__
 
-app = typer.Typer(
-    help="sim2real: robust multi-agent robot policies from simulation to the robot.",
-    no_args_is_help=True,
-    add_completion=False,
-)
+
+def _commands(help_text: str, **kwargs: Any) -> typer.Typer:
+    """A command group; its help texts print units such as ``[s]`` and ``[m]`` as written (no rich markup)."""
+    return typer.Typer(help=help_text, no_args_is_help=True, rich_markup_mode=None, **kwargs)
+
+
+app = _commands("sim2real: robust multi-agent robot policies from simulation to the robot.", add_completion=False)
 
 
 def _version(value: bool) -> None:
@@ -364,7 +367,7 @@ def export_command(
     typer.echo(describe_contract(manifest["contract"], str(manifest["provenance"]["model_version"])))
 
 
-bundle_app = typer.Typer(help="Deployment bundles: verify integrity and contract.", no_args_is_help=True)
+bundle_app = _commands("Deployment bundles: verify integrity and contract.")
 app.add_typer(bundle_app, name="bundle")
 
 
@@ -409,7 +412,7 @@ def bundle_verify_command(
     typer.echo(describe_contract(contract, str(prov["model_version"])))
 
 
-bench_app = typer.Typer(help="The ROS 2 bench: fly an exported policy on the simulated swarm.", no_args_is_help=True)
+bench_app = _commands("The ROS 2 bench: fly an exported policy on the simulated swarm.")
 app.add_typer(bench_app, name="bench")
 
 
@@ -426,6 +429,13 @@ def bench_ros_command(
         help="SCHED_FIFO priority (1-99) for every bench process once started, as on a robot; 0: normal "
         "scheduling. Needs root or CAP_SYS_NICE; when refused the run goes on at normal priority and says so.",
     ),
+    warmup_lead_ms: float | None = typer.Option(
+        None,
+        min=0.0,
+        max=1000.0,
+        help="How long [ms] before each burst the perturbation and policy nodes re-run their last burst's work on "
+        "a copy, so their code is warm (default: the nodes' 2.5 ms; 0: off). They warm up only on SCHED_FIFO.",
+    ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Run the ROS 2 bench: sim bridge, perturbation node, policy node and recorder in a private domain."""
@@ -436,7 +446,13 @@ def bench_ros_command(
     try:
         chosen = load_scenario(scenario)
         summary = run_bench(
-            bundle, chosen, duration_s=duration, out_dir=out, realtime_priority=realtime_priority, progress=progress
+            bundle,
+            chosen,
+            duration_s=duration,
+            out_dir=out,
+            realtime_priority=realtime_priority,
+            warmup_lead_s=None if warmup_lead_ms is None else warmup_lead_ms / 1e3,
+            progress=progress,
         )
     except ScenarioError as err:
         raise typer.BadParameter(str(err), param_hint="--scenario") from err
@@ -561,7 +577,7 @@ def _paths(**paths: str | Path | None) -> str:
     return "\n".join(f"{name:<8s}{path}" for name, path in paths.items() if path is not None)
 
 
-perturb_app = typer.Typer(help="Perturbation specs: list the kinds, check a spec.", no_args_is_help=True)
+perturb_app = _commands("Perturbation specs: list the kinds, check a spec.")
 app.add_typer(perturb_app, name="perturb")
 
 

@@ -19,9 +19,12 @@ def test_version_and_help_on_every_subcommand() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and __version__ in result.output
     subcommands = [[], ["envs"], ["demo"], ["train"], ["eval"], ["export"], ["bundle"], ["bundle", "verify"]]
-    for sub in [*subcommands, ["perturb"], ["perturb", "list"], ["perturb", "check"]]:
+    for sub in [*subcommands, ["perturb"], ["perturb", "list"], ["perturb", "check"], ["bench", "ros"]]:
         result = runner.invoke(app, [*sub, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output
+    # units in square brackets are printed as written (rich markup would swallow them)
+    help_text = " ".join(runner.invoke(app, ["bench", "ros", "--help"], terminal_width=200).output.split())
+    assert "Flight time [s] after start-up" in help_text and "How long [ms] before each burst" in help_text
 
 
 def test_envs_lists_agents_and_spaces() -> None:

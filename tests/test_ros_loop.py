@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
+import yaml
 from conftest import export_tiny_drone_bundle, may_go_realtime
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from nav_msgs.msg import Odometry
@@ -481,7 +482,7 @@ def test_closed_loop_holds_four_drones_clean_and_reports_injected_noise(tmp_path
     result = CliRunner().invoke(
         app,
         ["bench", "ros", "--bundle", str(BUNDLE), "--scenario", "noise", "--duration", "5", "--out",
-         str(tmp_path / "noise"), "--realtime-priority", "10", "--no-progress"],
+         str(tmp_path / "noise"), "--realtime-priority", "10", "--warmup-lead-ms", "2", "--no-progress"],
     )  # fmt: skip
     assert result.exit_code == 0 and "perturbation hits" in result.output, result.output
     noisy = json.loads((tmp_path / "noise" / "summary.json").read_text())
@@ -490,6 +491,9 @@ def test_closed_loop_holds_four_drones_clean_and_reports_injected_noise(tmp_path
     refused = [] if may_go_realtime(10) else sorted(noisy["processes"])
     assert noisy["scheduling"] == {"realtime_priority": 10, "refused": refused}, noisy["scheduling"]
     assert "scheduling: SCHED_FIFO priority 10" in result.output
+    for node in ("perturbation_node", "policy_node"):  # the warm-up lead reached both nodes (their hits stay 2 each)
+        params = yaml.safe_load((tmp_path / "noise" / "params" / f"{node}.yaml").read_text())
+        assert params["/**"]["ros__parameters"]["warmup_lead_s"] == 0.002
     for name, ended in noisy["processes"].items():
         assert (ended["returncode"], ended["stopped_by"]) == (0, "SIGINT"), (name, ended)
     hits = noisy["perturbation_events"]["by_kind"]["obs.gaussian"]
@@ -500,6 +504,8 @@ def test_closed_loop_holds_four_drones_clean_and_reports_injected_noise(tmp_path
         run_bench(BUNDLE, load_scenario("noise"), duration_s=5, out_dir=tmp_path / "noise", progress=False)
     with pytest.raises(ValueError, match="realtime_priority must be an integer from 0"):
         run_bench(BUNDLE, load_scenario("noise"), out_dir=tmp_path / "rt", realtime_priority=100, progress=False)
+    with pytest.raises(ValueError, match=r"warmup_lead_s must be >= 0 s \(0: no warm-up\), got -0.001"):
+        run_bench(BUNDLE, load_scenario("noise"), out_dir=tmp_path / "warm", warmup_lead_s=-0.001, progress=False)
 
 
 def test_lock_step_bench_answers_every_state_and_holds_the_drones(tmp_path: Path) -> None:
