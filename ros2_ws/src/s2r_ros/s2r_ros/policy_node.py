@@ -130,8 +130,9 @@ class PolicyNode(Node):
         self.last_burst: tuple[list[int], list[bytes], list[int]] | None = None  # robots, odometry, offsets
         self.warmer = declare_warmup(self, self._warm)
         # the warm-ups go through a second controller on the same policy: the robots' state never sees them
-        self.shadow = SwarmController(self.policy, **limits)
-        self.shadow.targets = self.controller.targets  # the same array: goals reach both
+        self.shadow = SwarmController(self.policy, **limits) if self.warmer is not None else None
+        if self.shadow is not None:
+            self.shadow.targets = self.controller.targets  # the same array: goals reach both
         self.shadow_ns = 0  # the warm-ups' stamps [ns]
         self.log_period_s = self.declare_parameter("log_period_s", 1.0).value
         self.last_log_s = np.full(num_agents, -np.inf)
