@@ -13,7 +13,10 @@ normal scheduling (``latency``) and with every bench process on ``SCHED_FIFO`` (
 2-core machine: ``goal_case_repeats`` lists every run, and the goals use the median run. The nodes warm up
 before each burst on ``SCHED_FIFO`` (:mod:`s2r_ros.warmup`): each real-time run of the goal case is followed by
 one with the warm-up off (``warmup_lead_s: 0``), its median run in ``latency_realtime_without_warmup`` and every
-run in ``goal_case_repeats_without_warmup``. The 4-drone policy is
+run in ``goal_case_repeats_without_warmup``. Every run also records the host's own wake-up lateness over its flight
+(``host_wakeup_ms``: a ``SCHED_FIFO`` 99 probe, :mod:`sim2real.bench.wakeup`), and
+``goal_case_host_against_latency`` plots each goal-case run's latency p99 against it (``ros_loop.png`` beside the
+JSON) with Spearman's rank correlation per group of runs. The 4-drone policy is
 ``tests/data/hover4_bundle`` (trained for 30 Hz; the bench and node run it at 100 Hz here); the 16-drone
 policy is barely trained (latency does not depend on training).
 
@@ -83,7 +86,52 @@ def latency_entry(summary: dict[str, Any], rate_hz: float) -> dict[str, Any]:
         "odom_drops": summary["overall"]["drops"],
         "cpu_percent": {name: p["cpu_percent"] for name, p in summary["processes"].items()},
         "realtime_refused": summary["scheduling"]["refused"],
+        "host_wakeup_ms": _host_wakeups(summary),
     }
+
+
+def _host_wakeups(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """p50, p99 and max of the run's host wake-up lateness [ms] (:mod:`sim2real.bench.wakeup`), with the probe's
+    priority; None when the probe wrote nothing."""
+    host = summary.get("host")
+    if not host:
+        return None
+    late = host["wakeup_lateness_ms"]
+    return {"p50": late["p50_ms"], "p99": late["p99_ms"], "max": late["max_ms"], "probe_priority": host["priority"]}
+
+
+def rank_correlation(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation of ``x`` and ``y`` (no ties expected in measured times)."""
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def host_against_latency(groups: dict[str, list[dict[str, Any]]], path: Path) -> dict[str, Any]:
+    """Each goal-case run's latency p99 against its host wake-up p99, as a scatter plot at ``path`` (with
+    matplotlib) and Spearman's rank correlation per group of runs (``groups``: label -> runs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    correlation = {}
+    for label, entries in groups.items():
+        runs = [e for e in entries if e["host_wakeup_ms"]]
+        host = [e["host_wakeup_ms"]["p99"] for e in runs]
+        p99 = [e["p99_ms"] for e in runs]
+        ax.scatter(host, p99, label=label)
+        correlation[label] = rank_correlation(host, p99) if len(runs) > 2 else None
+    ax.axhline(3.0, color="grey", linestyle="--", linewidth=1, label="goal: p99 3 ms")
+    ax.set_xscale("log")
+    ax.set_xlabel("host wake-up lateness p99 [ms] (SCHED_FIFO 99 probe, every 5 ms)")
+    ax.set_ylabel("observation-to-command latency p99 [ms]")
+    ax.set_title("4 drones with the perturbation hop, 100 Hz: each run")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return {"plot": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path), "spearman_rho": correlation}
 
 
 def median_run(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -185,6 +233,11 @@ def main() -> None:
     }
     print(f"tracking: {tracking}", flush=True)
     normal, realtime = sections["latency"][GOAL_CASE], sections["latency_realtime"][GOAL_CASE]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    host = host_against_latency(
+        {"normal": repeats["normal"], "SCHED_FIFO": repeats["realtime"], "SCHED_FIFO, no warm-up": cold_repeats},
+        args.out.with_suffix(".png"),
+    )
     rt_ran = not any(entry["realtime_refused"] for entry in repeats["realtime"])  # else no real-time goal (None)
     result = {
         "benchmark": "ros_loop",
@@ -194,6 +247,7 @@ def main() -> None:
         **sections,
         "goal_case_repeats": repeats,
         "goal_case_repeats_without_warmup": cold_repeats,
+        "goal_case_host_against_latency": host,
         "tracking": tracking,
         "goals": {
             "p99_at_most_3ms_4_drones_with_hop": normal["p99_ms"] <= 3.0,
@@ -205,7 +259,6 @@ def main() -> None:
         "sim2real_version": __version__,
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["goals"], indent=2))
 

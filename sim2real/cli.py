@@ -477,6 +477,14 @@ def _bench_lines(summary: dict) -> str:
             f"  scheduling: SCHED_FIFO priority {scheduling['realtime_priority']}"
             + (f"; refused (normal priority) for {', '.join(refused)}" if refused else "")
         )
+    host = summary.get("host")
+    if host and host["wakeup_lateness_ms"]["count"]:
+        late = host["wakeup_lateness_ms"]
+        probe = f"SCHED_FIFO {host['priority']}" if host["priority"] else "normal priority"
+        lines.append(
+            f"  host wake-up lateness p50 / p99 / max: {late['p50_ms']:.2f} / {late['p99_ms']:.2f} / "
+            f"{late['max_ms']:.2f} ms (a {probe} probe every {host['period_ms']:g} ms; the machine's own stalls)"
+        )
     return "\n".join(lines)
 
 

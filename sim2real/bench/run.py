@@ -13,8 +13,10 @@ private ROS domain (:class:`~sim2real.bench.launcher.BenchLauncher`):
 
 flies for ``duration_s``, stops everything by process group and writes ``OUT/summary.json``: the bench
 metrics (:mod:`sim2real.bench.metrics`) with the scenario, the bundle, how each process ended and how it was
-scheduled (``scheduling``: the requested ``realtime_priority`` and the processes that were refused it), and
-``OUT/tracking.png`` (:mod:`sim2real.bench.plot`, with matplotlib).
+scheduled (``scheduling``: the requested ``realtime_priority`` and the processes that were refused it), the
+machine's own wake-up latency over the flight (``host``, :mod:`sim2real.bench.wakeup`, a ``cyclictest``-style
+probe at ``SCHED_FIFO`` 99 beside the bench; its wake-ups in ``OUT/wakeups.npz``), and ``OUT/tracking.png``
+(:mod:`sim2real.bench.plot`, with matplotlib).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from sim2real.bench.bridge import BridgeSim, split_spec
 from sim2real.bench.launcher import BenchLauncher, ProcessSpec
 from sim2real.bench.metrics import BenchTopics, compute_metrics, latency_stats, read_bag
 from sim2real.bench.plot import plot_tracking
+from sim2real.bench.wakeup import load_wakeups
 from sim2real.deploy.realtime import REFUSED, check_priority
 from sim2real.export import verify_bundle
 
@@ -130,8 +133,8 @@ def run_bench(
 ) -> dict[str, Any]:
     """Fly ``bundle``'s policy on the simulated swarm under ``scenario`` for ``duration_s``; returns the summary.
 
-    ``OUT`` gets ``bag/`` (rosbag2 MCAP), ``logs/`` (one per process), ``params/``, ``summary.json`` and
-    ``tracking.png`` (with matplotlib; its path is the summary's ``plot``).
+    ``OUT`` gets ``bag/`` (rosbag2 MCAP), ``logs/`` (one per process), ``params/``, ``wakeups.npz`` (the host
+    probe's), ``summary.json`` and ``tracking.png`` (with matplotlib; its path is the summary's ``plot``).
     Tracking error is measured from the sim bridge's ground truth over the hold window: from ``hold_after_s``
     after the flight started (default: its second half, as the simulation evaluation does) to the end. In
     lock-step mode (``scenario.mode``) the stamps are simulated time: ``hold_after_s`` counts simulated seconds,
@@ -224,8 +227,11 @@ def run_bench(
             realtime_priority,
         )
     )
+    wakeups_path = out_dir / "wakeups.npz"
+    probe = ProcessSpec("wakeup_probe", [sys.executable, "-m", "sim2real.bench.wakeup", "--out", str(wakeups_path)])
     started = time.time()
     with BenchLauncher(out_dir) as bench:
+        bench.start(probe)
         bench.start(processes[0])
         bench.wait_for_output("recorder", "recording to", STARTUP_TIMEOUT_S)
         for spec in processes[1:]:
@@ -243,11 +249,14 @@ def run_bench(
         )
         for _ in flight:
             bench.run_for(duration_s / steps)
+        flight_end_ns = time.time_ns()
         domain_id = bench.domain_id
     exits = {
         name: {"returncode": e.returncode, "stopped_by": e.stopped_by, "cpu_percent": e.cpu_percent}
         for name, e in bench.exits.items()
     }
+    # over the flight's wall-clock window (lock step resets flight_start_ns below); None if the probe wrote nothing
+    host = load_wakeups(wakeups_path).summary(flight_start_ns, flight_end_ns) if wakeups_path.is_file() else None
     contents = read_bag(out_dir / "bag", topics)
     if lockstep:  # stamps are simulated time from 0: the flight's length is what was simulated
         flight_start_ns = 0
@@ -274,10 +283,13 @@ def run_bench(
         ros_domain_id=domain_id,
         processes=exits,
         injection={"odometry": hop, "commands": command_hop, "dynamics_in_sim": dynamics},
+        host=host,
         scheduling={
             "realtime_priority": realtime_priority,
             "refused": sorted(
-                name for name, e in bench.exits.items() if realtime_priority and REFUSED in e.log_path.read_text()
+                spec.name
+                for spec in processes
+                if realtime_priority and REFUSED in bench.exits[spec.name].log_path.read_text()
             ),
         },
     )
