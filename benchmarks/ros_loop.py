@@ -5,7 +5,8 @@
 Latency (``latency`` section): the bench (sim bridge -> [perturbation node] -> policy node, recorder) at
 100 Hz for 4 and 16 drones, without the perturbation hop (``clean`` scenario) and with it (``noise``). The
 latency of a command is its receive time in the recorder's bag minus its header stamp, which is the stamp of
-the odometry that produced it (the bridge stamps odometry when it publishes; one host clock). The achieved
+the odometry that produced it (the bridge stamps odometry when it publishes; one host clock); ``stages_ms``
+splits it where the odometry reached the recorder before the hop (``odom_raw``) and after it (``odom``). The achieved
 rate is the mean over robots of the ``cmd_vel`` rate in the bag, against 100 Hz. Every case runs twice: at
 normal scheduling (``latency``) and with every bench process on ``SCHED_FIFO`` (``latency_realtime``,
 ``--realtime-priority``; the summary says if it was refused). The goal case (4 drones with the hop) runs
@@ -81,6 +82,10 @@ def latency_entry(summary: dict[str, Any], rate_hz: float) -> dict[str, Any]:
         "p99_ms": lat["p99_ms"],
         "max_ms": lat["max_ms"],
         "commands": lat["count"],
+        "stages_ms": {
+            name: {"p50": stage["p50_ms"], "p99": stage["p99_ms"]}
+            for name, stage in (summary["overall"]["latency_stages_ms"] or {}).items()
+        },
         "command_rate_hz": float(np.mean(rates)),
         "rate_fraction": float(np.mean(rates)) / rate_hz,
         "odom_drops": summary["overall"]["drops"],

@@ -500,8 +500,11 @@ def _metrics_lines(summary: dict, tracking_over: str = "hold window") -> list[st
     else:
         latency = "no commands"
     tracking = o["tracking_error_mean_m"]
+    stages = o.get("latency_stages_ms") or {}
+    by_stage = [f"{name} {s['p50_ms']:.2f} / {s['p99_ms']:.2f}" for name, s in stages.items() if s["count"]]
     return [
         f"  observation-to-command latency p50 / p99: {latency}",
+        *([f"  by stage p50 / p99: {', '.join(by_stage)} ms"] if by_stage else []),
         f"  tracking error ({tracking_over}): {'n/a' if tracking is None else f'{tracking:.3f} m'}; "
         f"min separation {o.get('min_separation_m') or float('nan'):.3f} m, collisions {o.get('collisions')}",
         f"  failsafe entries {o['failsafe_entries']}, stale reports {o['stale_reports']}, drops {o['drops']}, "
@@ -521,6 +524,11 @@ def bench_metrics_command(
     ),
     truth: str = typer.Option("truth", help="Per-robot ground-truth topic (/ROBOT/TRUTH: Odometry or PoseStamped)."),
     collision_distance: float = typer.Option(None, min=0.0, help="Robots closer than this [m] collide."),
+    stages: str = typer.Option(
+        "",
+        help="Per-robot topics a state passes through before the command, in order, for the latency by stage, "
+        "e.g. 'odom_raw,odom' (the bench with its perturbation hop).",
+    ),
 ) -> None:
     """Bench metrics of a recorded bag: latency from stamps, rates, drops, failsafe, tracking and separation."""
     from rosbags.highlevel import AnyReaderError
@@ -532,6 +540,7 @@ def bench_metrics_command(
         raise typer.Exit(2)
     rates = {pattern: _hz(hz) for pattern, hz in (_assignment(item, "--rate", "PATTERN=HZ") for item in rate)}
     targets = {robot: _xyz(xyz) for robot, xyz in (_assignment(item, "--target", "ROBOT=X,Y,Z") for item in target)}
+    stage_topics = _stage_topics(stages)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         summary = write_summary(
@@ -540,7 +549,7 @@ def bench_metrics_command(
             nominal_rates=rates,
             targets=targets,
             collision_distance_m=collision_distance,
-            topics=BenchTopics(truth=truth),
+            topics=BenchTopics(truth=truth, stages=stage_topics),
         )
     except AnyReaderError as err:
         typer.echo(f"bench metrics: cannot read the bag {bag}: {err}", err=True)
@@ -548,6 +557,18 @@ def bench_metrics_command(
     robots = ", ".join(summary["robots"]) or "none"
     typer.echo("\n".join([f"bag {bag}: robots {robots}", *_metrics_lines(summary, "all truth messages")]))
     typer.echo(_paths(metrics=out))
+
+
+def _stage_topics(stages: str) -> tuple[str, ...]:
+    """``--stages`` as topic names; a ``BadParameter`` for an empty or nested name."""
+    names = tuple(name.strip() for name in stages.split(",")) if stages.strip() else ()
+    for name in names:
+        if not name or "/" in name:
+            raise typer.BadParameter(
+                f"{stages!r}: give per-robot topic names without the robot, comma-separated, e.g. 'odom_raw,odom'",
+                param_hint="--stages",
+            )
+    return names
 
 
 def _assignment(item: str, option: str, form: str) -> tuple[str, str]:

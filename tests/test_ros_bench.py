@@ -194,7 +194,7 @@ def test_metrics_of_a_known_bag(tmp_path: Path) -> None:
     from std_msgs.msg import String
     from typer.testing import CliRunner
 
-    from sim2real.bench.metrics import compute_metrics
+    from sim2real.bench.metrics import BenchTopics, compute_metrics
     from sim2real.cli import app
 
     records: list[tuple[int, str, object]] = []  # (receive time ns, topic, message)
@@ -218,6 +218,12 @@ def test_metrics_of_a_known_bag(tmp_path: Path) -> None:
         records += [(stamp + MS // 2, "/cf1/odom", stamped(Odometry, stamp))]
         records += [(stamp + k * MS, "/cf1/cmd_vel", stamped(TwistStamped, stamp))]
     records += [(T0 + 10 * MS + 7 * MS, "/cf1/cmd_vel", stamped(TwistStamped, T0 + 10 * MS))]  # repeated
+    # cf1's odometry before a hop: 0.2 ms after its stamp (0.3 ms before odom), once more later for stamp 30,
+    # never for stamp 20 (its answer is left out of the stages); cf2 has none (left out)
+    for i in kept:
+        stamp = T0 + i * 10 * MS
+        records += [(stamp + MS // 5, "/cf1/odom_raw", stamped(Odometry, stamp))] if i != 20 else []
+        records += [(stamp + 2 * MS // 5, "/cf1/odom_raw", stamped(Odometry, stamp))] if i == 30 else []
     records += [(T0 + 505 * MS + 1000, "/cf1/cmd_vel", stamped(TwistStamped, T0 + 505 * MS))]  # watchdog
     # cf2: 50 Hz for 0.2 s, every answer 5 ms late
     for i in range(11):
@@ -266,7 +272,8 @@ def test_metrics_of_a_known_bag(tmp_path: Path) -> None:
             writer.write(connections[topic], recv_ns, serialize_message(msg))
 
     options = ["--rate", "/cf2/odom=50", "--rate", "/*/odom=100", "--rate", "/cf2/cmd_vel=50", "--target", "cf1=0,0,1"]
-    options += ["--collision-distance", "0.2", "--out", str(tmp_path / "metrics" / "summary.json")]
+    options += ["--collision-distance", "0.2", "--stages", "odom_raw,odom"]
+    options += ["--out", str(tmp_path / "metrics" / "summary.json")]
     result = CliRunner().invoke(app, ["bench", "metrics", str(bag), *options])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "metrics" / "summary.json").read_text())
@@ -275,7 +282,19 @@ def test_metrics_of_a_known_bag(tmp_path: Path) -> None:
         nominal_rates={"/cf2/odom": 50.0, "/*/odom": 100.0, "/cf2/cmd_vel": 50.0},
         targets={"cf1": [0, 0, 1]},
         collision_distance_m=0.2,
+        topics=BenchTopics(stages=("odom_raw", "odom")),
     )
+    # cf1's answers k = 1..100 ms after the stamp, but k = 21 (stamp 20): 0.2 + 0.3 + (k - 0.5) ms
+    stages = summary["overall"]["latency_stages_ms"]
+    assert list(stages) == ["stamp -> odom_raw", "odom_raw -> odom", "odom -> command"]
+    assert [s["count"] for s in stages.values()] == [99, 99, 99]
+    assert stages["stamp -> odom_raw"]["max_ms"] == pytest.approx(0.2)
+    assert stages["odom_raw -> odom"]["p50_ms"] == pytest.approx(0.3)
+    assert stages["odom -> command"]["mean_ms"] == pytest.approx((5050 - 21) / 99 - 0.5)
+    assert "by stage p50 / p99: stamp -> odom_raw 0.20 / 0.20, odom_raw -> odom 0.30 / 0.30, odom -> command" in (
+        result.output
+    )
+    assert compute_metrics(bag)["overall"]["latency_stages_ms"] is None
     assert result.output.startswith(f"bag {bag}: robots cf1, cf2\n")
     lat = summary["overall"]["latency_ms"]
     assert f"latency p50 / p99: {lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} ms (111 commands)" in result.output
@@ -287,6 +306,8 @@ def test_metrics_of_a_known_bag(tmp_path: Path) -> None:
         (["--rate", "/*/odom=inf"], "is not a rate in Hz > 0"),
         (["--target", "cf1=0,1"], "is not X,Y,Z"),
         (["--target", "cf1=0,nan,1"], "is not X,Y,Z"),
+        (["--stages", "/cf1/odom"], "per-robot topic names without the robot"),
+        (["--stages", "odom_raw,,odom"], "per-robot topic names without the robot"),
     ):
         rejected = CliRunner().invoke(app, ["bench", "metrics", str(bag), "--out", str(tmp_path / "x.json"), *bad])
         assert rejected.exit_code == 2 and says in rejected.output, rejected.output

@@ -477,6 +477,9 @@ def test_closed_loop_holds_four_drones_clean_and_reports_injected_noise(tmp_path
         assert metrics["diagnostics"]["failsafe_entries"] == 0 and counters["safe_commands"] <= 30, counters
     assert clean["overall"]["collisions"] == 0 and clean["overall"]["stale_reports"] == 0
     assert clean["overall"]["latency_ms"]["count"] > 4 * 30 * 10
+    stages = clean["overall"]["latency_stages_ms"]  # every answered command's odometry is in the bag
+    assert list(stages) == ["stamp -> odom", "odom -> command"], stages
+    assert all(stage["count"] == clean["overall"]["latency_ms"]["count"] for stage in stages.values()), stages
     assert clean["perturbation_events"]["count"] == 0 and not clean["injection"]["odometry"]
     host = clean["host"]  # the wake-up probe ran over the flight: about 200 wake-ups a second for 14 s
     assert (host["period_ms"], host["priority"]) == (5.0, 99 if may_go_realtime(99) else 0), host
@@ -504,6 +507,11 @@ def test_closed_loop_holds_four_drones_clean_and_reports_injected_noise(tmp_path
     forwarded = sum(topic["count"] for name, topic in noisy["topics"].items() if name.endswith("/odom"))
     assert forwarded >= 4 * 30 * 4 and 0.9 * 2 * forwarded <= hits <= 1.05 * 2 * forwarded  # 2 noises a message
     assert noisy["overall"]["latency_ms"]["count"] > 0
+    stages = noisy["overall"]["latency_stages_ms"]  # the hop is a stage of its own
+    assert list(stages) == ["stamp -> odom_raw", "odom_raw -> odom", "odom -> command"], stages
+    assert all(stage["count"] > 0 for stage in stages.values()) and "by stage p50 / p99: stamp -> odom_raw" in (
+        result.output
+    )
     with pytest.raises(FileExistsError, match="choose a new"):
         run_bench(BUNDLE, load_scenario("noise"), duration_s=5, out_dir=tmp_path / "noise", progress=False)
     with pytest.raises(ValueError, match="realtime_priority must be an integer from 0"):
@@ -524,6 +532,7 @@ def test_lock_step_bench_answers_every_state_and_holds_the_drones(tmp_path: Path
         assert (ended["returncode"], ended["stopped_by"]) == (0, "SIGINT"), (name, ended)
     steps = round(summary["simulated_s"] * 30)  # stamps are simulated time: 1/30 s per step
     assert steps > 30 and summary["overall"]["latency_ms"]["count"] == 0  # no wall-clock latency in lock step
+    assert summary["overall"]["latency_stages_ms"] is None
     for robot, metrics in summary["robots"].items():
         recorded = {topic: summary["topics"][f"/{robot}/{topic}"] for topic in ("odom", "cmd_vel")}
         assert metrics["commands"]["answered"] >= 0.97 * steps, (robot, metrics["commands"], steps, recorded)

@@ -22,6 +22,12 @@ Definitions:
   observations are in the bag, a command whose stamp matches no observation (the watchdog's safe commands,
   stamped with the time they were sent) is ``unmatched`` and not a latency sample. Commands without a header
   (``cmd_rpm``) give no latency. p50/p99 interpolate linearly between order statistics (numpy's default).
+- **Latency by stage** (ms), when :class:`BenchTopics` names the per-robot ``stages`` a state passes through before
+  the command (the bench: ``odom_raw``, the sim bridge's odometry before the perturbation hop, then ``odom``):
+  each latency sample is split at the first receive time of its stamp on each stage topic, into ``stamp ->
+  odom_raw`` (the driver's publish and the transport), ``odom_raw -> odom`` (the hop) and ``odom -> command``
+  (the policy). Only samples whose stamp reached every stage topic count, so a sample's stages add up to its
+  latency; the percentiles of the stages do not add up to the latency's.
 - **Rate** (Hz): ``(count - 1) / (last - first receive time)`` per topic.
 - **Drops**, for topics given a nominal rate ``f`` (period ``T = 1/f``): message times are the header stamps when
   the type has a header (publisher-side times: free of transport jitter) else receive times, sorted; a gap of
@@ -69,6 +75,8 @@ class BenchTopics:
 
     observation: str = "odom"
     commands: tuple[str, ...] = ("cmd_vel", "cmd_rpm")
+    stages: tuple[str, ...] = ()
+    """Per-robot topics a state passes through, in order, before the command: the latency by stage."""
     truth: str = "truth"
     diagnostics: str = "/diagnostics"
     perturbation_events: str = "/bench/perturbation_events"
@@ -167,33 +175,72 @@ def latency_stats(latencies_ms: Sequence[float]) -> dict[str, float | int | None
     }
 
 
-def command_latencies(
+def answered_commands(
     commands: Sequence[TopicRecord], observation_stamps: set[int] | None
-) -> tuple[list[float], dict[str, int]]:
-    """Latencies (ms) of a robot's commands and the count of each kind of command (see the module docstring).
+) -> tuple[list[tuple[int, int]], dict[str, int]]:
+    """A robot's answered commands as ``(receive ns, stamp ns)`` and the count of each kind of command (see the
+    module docstring); a latency is ``(receive - stamp) / 1e6`` ms.
 
     Args:
         commands: the robot's command topics; only those with header stamps give latencies.
         observation_stamps: stamps (ns) of the robot's observations in the bag, None if it has none there.
 
     Returns:
-        latencies in receive order, and ``{"answered", "repeated", "unmatched"}`` command counts.
+        the answered commands in receive order, and ``{"answered", "repeated", "unmatched"}`` command counts.
     """
     stamped = [record for record in commands if record.stamp_ns]
     arrivals = sorted(pair for record in stamped for pair in zip(record.recv_ns, record.stamp_ns, strict=True))
-    answered: set[int] = set()
-    latencies: list[float] = []
+    seen: set[int] = set()
+    answered: list[tuple[int, int]] = []
     counts = {"answered": 0, "repeated": 0, "unmatched": 0}
     for recv, stamp in arrivals:
-        if stamp in answered:
+        if stamp in seen:
             counts["repeated"] += 1
         elif observation_stamps is not None and stamp not in observation_stamps:
             counts["unmatched"] += 1
         else:
-            answered.add(stamp)
-            latencies.append((recv - stamp) / 1e6)
+            seen.add(stamp)
+            answered.append((recv, stamp))
             counts["answered"] += 1
-    return latencies, counts
+    return answered, counts
+
+
+def first_arrivals(record: TopicRecord) -> dict[int, int]:
+    """Stamp (ns) -> the first receive time (ns) of a message with that stamp on a topic with headers."""
+    first: dict[int, int] = {}
+    for recv, stamp in zip(record.recv_ns, record.stamp_ns, strict=True):
+        if recv < first.get(stamp, recv + 1):
+            first[stamp] = recv
+    return first
+
+
+def stage_latencies(answered: Sequence[tuple[int, int]], stages: Sequence[TopicRecord]) -> np.ndarray:
+    """Answered commands ``(receive ns, stamp ns)`` split at their stamp's first arrival on each stage topic, in
+    order: ``[samples, len(stages) + 1]`` ms (stamp -> first stage, ..., last stage -> command). Commands whose
+    stamp is missing from a stage topic are left out."""
+    arrivals = [first_arrivals(record) for record in stages]
+    rows = [
+        [stamp, *(first[stamp] for first in arrivals), recv]
+        for recv, stamp in answered
+        if all(stamp in first for first in arrivals)
+    ]
+    return np.diff(np.asarray(rows, dtype=np.int64).reshape(-1, len(stages) + 2), axis=1) / 1e6
+
+
+def stage_names(stages: Sequence[str]) -> list[str]:
+    """The labels of :func:`stage_latencies`' columns: ``stamp -> odom_raw``, ``odom_raw -> odom``, ...,
+    ``odom -> command``."""
+    points = ["stamp", *stages, "command"]
+    return [f"{a} -> {b}" for a, b in itertools.pairwise(points)]
+
+
+def stage_stats(per_robot: Sequence[np.ndarray], stages: Sequence[str]) -> dict[str, dict[str, Any]] | None:
+    """:func:`latency_stats` of each stage over every robot's :func:`stage_latencies`, keyed by
+    :func:`stage_names`; None without ``stages``."""
+    if not stages:
+        return None
+    samples = np.concatenate([*per_robot, np.empty((0, len(stages) + 1))])
+    return {name: latency_stats(samples[:, k].tolist()) for k, name in enumerate(stage_names(stages))}
 
 
 def missed_periods(times_ns: Sequence[int], rate_hz: float) -> int:
@@ -323,14 +370,18 @@ def compute_metrics(
 
     robots: dict[str, dict[str, Any]] = {}
     all_latencies: list[float] = []
+    all_stages: list[np.ndarray] = []
     for robot in robot_names:
         named = robot_topics[robot]
         observations = named.get(topics.observation)
-        latencies, command_counts = command_latencies(
+        answered, command_counts = answered_commands(
             [named[name] for name in topics.commands if name in named],
             set(observations.stamp_ns) if observations is not None else None,
         )
+        latencies = [(recv - stamp) / 1e6 for recv, stamp in answered]
         all_latencies += latencies
+        if topics.stages and all(named.get(stage) and named[stage].stamp_ns for stage in topics.stages):
+            all_stages.append(stage_latencies(answered, [named[stage] for stage in topics.stages]))
         robots[robot] = {"latency_ms": latency_stats(latencies), "commands": command_counts}
         robots[robot]["diagnostics"] = diagnostics.get(robot)
         truth = contents.truth.get(robot)
@@ -348,6 +399,7 @@ def compute_metrics(
     overall = {
         "robots": len(robots),
         "latency_ms": latency_stats(all_latencies),
+        "latency_stages_ms": stage_stats(all_stages, topics.stages),
         "drops": sum(t.get("drops", 0) for t in topic_summaries.values()),
         "stale_reports": sum(d["stale_reports"] for d in diagnostics.values()),
         "failsafe_entries": sum(failsafe) if failsafe else None,

@@ -12,7 +12,8 @@ private ROS domain (:class:`~sim2real.bench.launcher.BenchLauncher`):
 - the policy node with the bundle;
 
 flies for ``duration_s``, stops everything by process group and writes ``OUT/summary.json``: the bench
-metrics (:mod:`sim2real.bench.metrics`) with the scenario, the bundle, how each process ended and how it was
+metrics (:mod:`sim2real.bench.metrics`; the latency by stage at ``odom_raw`` and ``odom`` with the hop, ``odom``
+without, and ``cmd_vel_raw`` with a command hop) with the scenario, the bundle, how each process ended and how it was
 scheduled (``scheduling``: the requested ``realtime_priority`` and the processes that were refused it), the
 machine's own wake-up latency over the flight (``host``, :mod:`sim2real.bench.wakeup`, a ``cyclictest``-style
 probe at ``SCHED_FIFO`` 99 beside the bench; its wake-ups in ``OUT/wakeups.npz``), and ``OUT/tracking.png``
@@ -167,7 +168,9 @@ def run_bench(
     targets = {robot: target.tolist() for robot, target in zip(robots, targets_sim.targets(), strict=True)}
     targets_sim.close()
 
-    topics = BenchTopics(truth="odom_raw" if hop else "odom")  # the bridge's unperturbed odometry is the truth
+    stages = (["odom_raw", "odom"] if hop else ["odom"]) + ([f"{command}_raw"] if command_hop else [])
+    # the bridge's unperturbed odometry is the truth
+    topics = BenchTopics(truth="odom_raw" if hop else "odom", stages=tuple(stages))
     recorded = ["odom", command] + (["odom_raw"] if hop else []) + ([f"{command}_raw"] if command_hop else [])
     recorded_topics = [f"/{robot}/{topic}" for robot in robots for topic in recorded] + [topics.diagnostics]
     recorded_topics += [topics.perturbation_events] if hop else []  # the bridge flies once all are recorded
@@ -296,6 +299,7 @@ def run_bench(
     if lockstep:  # a simulated-time stamp against a wall-clock receive time is no latency
         summary["simulated_s"] = round(flown_s, 3)
         summary["overall"]["latency_ms"] = latency_stats([])
+        summary["overall"]["latency_stages_ms"] = None
         for robot in summary["robots"].values():
             robot["latency_ms"] = latency_stats([])
     title = f"bench {scenario.name}: {scenario.description or 'no perturbation'}"

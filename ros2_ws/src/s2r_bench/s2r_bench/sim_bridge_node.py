@@ -216,15 +216,13 @@ class SimBridgeNode(Node):
         sim_ns = round(self.sim.time_s * 1e9)
         lockstep = self.mode == "lockstep"
         stamp = self.last_stamp_ns = sim_ns if lockstep else now
-        clock = Clock()
-        fill_stamp(clock.clock, sim_ns)
         if lockstep:
-            self.clock_publisher.publish(clock)
+            self._publish_clock(sim_ns)
         messages = self.odometry.encode_rows(self.sim.state_rows(), stamp)
         for publisher, message in zip(self.state_publishers, messages, strict=True):
             publisher.publish(message)
-        if not lockstep:
-            self.clock_publisher.publish(clock)
+        if not lockstep:  # built after the states: the states' latency does not hold the message's construction
+            self._publish_clock(sim_ns)
         goals = self.sim.targets()
         if now - self.last_goal_ns >= self.goal_period_ns or not np.allclose(goals, self.goals):
             self.goals, self.last_goal_ns = goals, now
@@ -235,6 +233,12 @@ class SimBridgeNode(Node):
                 msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in goal)
                 msg.pose.orientation.w = 1.0
                 self.goal_publishers[agent].publish(msg)
+
+    def _publish_clock(self, sim_ns: int) -> None:
+        """Publish the simulated time ``sim_ns`` [ns] on ``/clock``."""
+        clock = Clock()
+        fill_stamp(clock.clock, sim_ns)
+        self.clock_publisher.publish(clock)
 
     def destroy_node(self) -> None:
         self.sim.close()
