@@ -17,7 +17,8 @@ one with the warm-up off (``warmup_lead_s: 0``), its median run in ``latency_rea
 run in ``goal_case_repeats_without_warmup``. Every run also records the host's own wake-up lateness over its flight
 (``host_wakeup_ms``: a ``SCHED_FIFO`` 99 probe, :mod:`sim2real.bench.wakeup`), and
 ``goal_case_host_against_latency`` plots each goal-case run's latency p99 against it (``ros_loop.png`` beside the
-JSON) with Spearman's rank correlation per group of runs. The 4-drone policy is
+JSON) with Spearman's rank correlation per group of runs; ``ros_loop_stages.png`` splits each case's median run
+by stage. ``--replot`` redraws both from the JSON at ``--out``. The 4-drone policy is
 ``tests/data/hover4_bundle`` (trained for 30 Hz; the bench and node run it at 100 Hz here); the 16-drone
 policy is barely trained (latency does not depend on training).
 
@@ -44,6 +45,7 @@ from sim2real import __version__
 from sim2real.bench.run import load_scenario, run_bench
 from sim2real.eval import evaluate
 from sim2real.eval.policies import load_policy
+from sim2real.eval.report import new_figure
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE4 = ROOT / "tests" / "data" / "hover4_bundle"
@@ -105,6 +107,14 @@ def _host_wakeups(summary: dict[str, Any]) -> dict[str, Any] | None:
     return {"p50": late["p50_ms"], "p99": late["p99_ms"], "max": late["max_ms"], "probe_priority": host["priority"]}
 
 
+def figure(width: float, height: float) -> tuple[Any, Any]:
+    """A figure of ``width`` x ``height`` inches and its one axes (:func:`sim2real.eval.report.new_figure`)."""
+    made = new_figure(width, height)
+    if made is None:
+        raise SystemExit("the plots need matplotlib: pip install -c constraints.txt -e '.[plot]'")
+    return made
+
+
 def rank_correlation(x: list[float], y: list[float]) -> float:
     """Spearman's rank correlation of ``x`` and ``y`` (no ties expected in measured times)."""
     rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
@@ -114,12 +124,7 @@ def rank_correlation(x: list[float], y: list[float]) -> float:
 def host_against_latency(groups: dict[str, list[dict[str, Any]]], path: Path) -> dict[str, Any]:
     """Each goal-case run's latency p99 against its host wake-up p99, as a scatter plot at ``path`` (with
     matplotlib) and Spearman's rank correlation per group of runs (``groups``: label -> runs)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, (ax,) = figure(6.4, 4.4)
     correlation = {}
     for label, entries in groups.items():
         runs = [e for e in entries if e["host_wakeup_ms"]]
@@ -135,8 +140,58 @@ def host_against_latency(groups: dict[str, list[dict[str, Any]]], path: Path) ->
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return {"plot": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path), "spearman_rho": correlation}
+
+
+STAGE_COLOURS = {"stamp": "tab:blue", "odom_raw": "tab:orange", "odom": "tab:green"}
+"""Bar colour of each stage by where it starts: the sim bridge, the perturbation hop, the policy node."""
+STAGE_LABELS = {"stamp": "sim bridge + transport", "odom_raw": "perturbation hop", "odom": "policy node"}
+
+
+def stage_plot(schedulings: dict[str, dict[str, dict[str, Any]]], path: Path) -> str:
+    """Each case's latency p50 split by stage (``stages_ms``) as stacked bars, its p50 / p99 written beside, at
+    ``path`` (with matplotlib); ``schedulings``: label -> case -> :func:`latency_entry`. Returns the plot's path."""
+    from matplotlib.patches import Patch
+
+    bars = [
+        (f"{case.replace('_', ' ')}, {label}", entry)
+        for label, cases in schedulings.items()
+        for case, entry in cases.items()
+    ]
+    fig, (ax,) = figure(8.0, 0.45 * len(bars) + 1.6)
+    for row, (_, entry) in enumerate(bars):
+        left = 0.0
+        for name, stage in entry["stages_ms"].items():
+            ax.barh(row, stage["p50"], left=left, color=STAGE_COLOURS[name.split(" -> ")[0]])
+            left += stage["p50"]
+        ax.text(left + 0.05, row, f"{entry['p50_ms']:.2f} / {entry['p99_ms']:.2f} ms", va="center", fontsize=8)
+    ax.set_yticks(range(len(bars)), [name for name, _ in bars], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("each stage's p50, stacked [ms]; beside: the whole latency's p50 / p99")
+    ax.set_title("100 Hz bench: where the latency goes (median run per case)")
+    ax.set_xlim(0, max(entry["p50_ms"] for _, entry in bars) * 1.45)
+    handles = [Patch(color=STAGE_COLOURS[start], label=label) for start, label in STAGE_LABELS.items()]
+    ax.legend(handles=handles, fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+
+def plots(result: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Draw both plots of a result beside ``out`` (``ros_loop.png``, ``ros_loop_stages.png``); the result's
+    ``goal_case_host_against_latency`` and ``latency_stages_plot``."""
+    repeats = result["goal_case_repeats"]
+    host = host_against_latency(
+        {
+            "normal": repeats["normal"],
+            "SCHED_FIFO": repeats["realtime"],
+            "SCHED_FIFO, no warm-up": result["goal_case_repeats_without_warmup"],
+        },
+        out.with_suffix(".png"),
+    )
+    schedulings = {"normal": result["latency"], "SCHED_FIFO": result["latency_realtime"]}
+    stages = stage_plot(schedulings, out.with_name(f"{out.stem}_stages.png"))
+    return {"goal_case_host_against_latency": host, "latency_stages_plot": stages}
 
 
 def median_run(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -155,7 +210,14 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "ros_loop")
     parser.add_argument("--realtime-priority", type=int, default=50, help="SCHED_FIFO priority of the real-time runs")
     parser.add_argument("--repeats", type=int, default=5, help="runs of the goal case under each scheduling")
+    parser.add_argument("--replot", action="store_true", help="only redraw the plots of the result at --out")
     args = parser.parse_args()
+    if args.replot:
+        if not args.out.is_file():
+            parser.error(f"--replot: {args.out} does not exist; run the benchmark first")
+        result = json.loads(args.out.read_text())
+        args.out.write_text(json.dumps({**result, **plots(result, args.out)}, indent=2) + "\n")
+        return
     if args.repeats < 1 or args.tracking_flights < 1:
         parser.error("--repeats and --tracking-flights must be at least 1")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -239,10 +301,6 @@ def main() -> None:
     print(f"tracking: {tracking}", flush=True)
     normal, realtime = sections["latency"][GOAL_CASE], sections["latency_realtime"][GOAL_CASE]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    host = host_against_latency(
-        {"normal": repeats["normal"], "SCHED_FIFO": repeats["realtime"], "SCHED_FIFO, no warm-up": cold_repeats},
-        args.out.with_suffix(".png"),
-    )
     rt_ran = not any(entry["realtime_refused"] for entry in repeats["realtime"])  # else no real-time goal (None)
     result = {
         "benchmark": "ros_loop",
@@ -252,7 +310,6 @@ def main() -> None:
         **sections,
         "goal_case_repeats": repeats,
         "goal_case_repeats_without_warmup": cold_repeats,
-        "goal_case_host_against_latency": host,
         "tracking": tracking,
         "goals": {
             "p99_at_most_3ms_4_drones_with_hop": normal["p99_ms"] <= 3.0,
@@ -264,6 +321,7 @@ def main() -> None:
         "sim2real_version": __version__,
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
     }
+    result |= plots(result, args.out)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["goals"], indent=2))
 

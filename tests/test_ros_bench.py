@@ -295,6 +295,14 @@ def test_metrics_of_a_known_bag(tmp_path: Path) -> None:
         result.output
     )
     assert compute_metrics(bag)["overall"]["latency_stages_ms"] is None
+    # a latency window from 505 ms: cf1's answers to stamps 0-450 ms (received by 496 ms) and all of cf2's are
+    # before it; the repeat of stamp 10 ms stays a repeat
+    windowed = compute_metrics(bag, latency_from_ns=T0 + 505 * MS, topics=BenchTopics(stages=("odom_raw", "odom")))
+    assert windowed["robots"]["cf1"]["commands"] == {"answered": 54, "repeated": 1, "unmatched": 1, "before_window": 46}
+    assert windowed["robots"]["cf1"]["latency_ms"]["mean_ms"] == pytest.approx(73.5)  # answers 47-100 ms late
+    assert windowed["robots"]["cf2"]["latency_ms"]["count"] == 0
+    assert windowed["robots"]["cf2"]["commands"]["before_window"] == 11
+    assert windowed["overall"]["latency_stages_ms"]["odom -> command"]["count"] == 54
     assert result.output.startswith(f"bag {bag}: robots cf1, cf2\n")
     lat = summary["overall"]["latency_ms"]
     assert f"latency p50 / p99: {lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} ms (111 commands)" in result.output
@@ -320,7 +328,7 @@ def test_metrics_of_a_known_bag(tmp_path: Path) -> None:
     assert not (tmp_path / "x.json").exists()
 
     cf1, cf2 = summary["robots"]["cf1"], summary["robots"]["cf2"]
-    assert cf1["commands"] == {"answered": 100, "repeated": 1, "unmatched": 1}
+    assert cf1["commands"] == {"answered": 100, "repeated": 1, "unmatched": 1, "before_window": 0}
     assert cf1["latency_ms"] == {
         "count": 100,
         "p50_ms": 50.5,

@@ -17,11 +17,16 @@ Definitions:
   header. Latency = the command's receive time in the bag - its ``header.stamp``. Both are on the same host's wall
   clock (CLOCK_REALTIME; the stamping node must not use sim time), so this is observation stamp -> command
   arrival, including every hop in between. The bench recorder's receive time is the middleware's receive time
-  of the sample in the recorder's process, so the recorder's own queueing is not in it. Only the first command
+  of the sample in the recorder's process, so the recorder's own queueing is not in it (its receive thread's
+  wake-up is: on the 2-core bench with every process at one ``SCHED_FIFO`` priority it waits for a free core, and
+  commands reached the recorder 0.10 ms (p50) and 0.32 ms (p99) after they were sent). Only the first command
   with a given stamp counts (later ones are ``repeated``, e.g. a command held by a failsafe); when the robot's
   observations are in the bag, a command whose stamp matches no observation (the watchdog's safe commands,
-  stamped with the time they were sent) is ``unmatched`` and not a latency sample. Commands without a header
-  (``cmd_rpm``) give no latency. p50/p99 interpolate linearly between order statistics (numpy's default).
+  stamped with the time they were sent) is ``unmatched`` and not a latency sample. With a latency window
+  (``latency_from_ns``; the bench: the flight's start), answers received before it are ``before_window`` and not
+  samples either: the bench's hold before the flight, where the nodes start up and the recorder may discover a
+  topic seconds late, is not in the figures. Commands without a header (``cmd_rpm``) give no latency. p50/p99
+  interpolate linearly between order statistics (numpy's default).
 - **Latency by stage** (ms), when :class:`BenchTopics` names the per-robot ``stages`` a state passes through before
   the command (the bench: ``odom_raw``, the sim bridge's odometry before the perturbation hop, then ``odom``):
   each latency sample is split at the first receive time of its stamp on each stage topic, into ``stamp ->
@@ -176,7 +181,7 @@ def latency_stats(latencies_ms: Sequence[float]) -> dict[str, float | int | None
 
 
 def answered_commands(
-    commands: Sequence[TopicRecord], observation_stamps: set[int] | None
+    commands: Sequence[TopicRecord], observation_stamps: set[int] | None, from_ns: int | None = None
 ) -> tuple[list[tuple[int, int]], dict[str, int]]:
     """A robot's answered commands as ``(receive ns, stamp ns)`` and the count of each kind of command (see the
     module docstring); a latency is ``(receive - stamp) / 1e6`` ms.
@@ -184,20 +189,25 @@ def answered_commands(
     Args:
         commands: the robot's command topics; only those with header stamps give latencies.
         observation_stamps: stamps (ns) of the robot's observations in the bag, None if it has none there.
+        from_ns: the latency window's start (receive time, ns); None: the whole bag.
 
     Returns:
-        the answered commands in receive order, and ``{"answered", "repeated", "unmatched"}`` command counts.
+        the answered commands in the window in receive order, and ``{"answered", "repeated", "unmatched",
+        "before_window"}`` command counts.
     """
     stamped = [record for record in commands if record.stamp_ns]
     arrivals = sorted(pair for record in stamped for pair in zip(record.recv_ns, record.stamp_ns, strict=True))
     seen: set[int] = set()
     answered: list[tuple[int, int]] = []
-    counts = {"answered": 0, "repeated": 0, "unmatched": 0}
+    counts = {"answered": 0, "repeated": 0, "unmatched": 0, "before_window": 0}
     for recv, stamp in arrivals:
         if stamp in seen:
             counts["repeated"] += 1
         elif observation_stamps is not None and stamp not in observation_stamps:
             counts["unmatched"] += 1
+        elif from_ns is not None and recv < from_ns:
+            seen.add(stamp)
+            counts["before_window"] += 1
         else:
             seen.add(stamp)
             answered.append((recv, stamp))
@@ -333,6 +343,7 @@ def compute_metrics(
     targets: Mapping[str, Sequence[float]] | None = None,
     collision_distance_m: float | None = None,
     hold_from_ns: int | None = None,
+    latency_from_ns: int | None = None,
     topics: BenchTopics | None = None,
     contents: BagContents | None = None,
 ) -> dict[str, Any]:
@@ -346,6 +357,8 @@ def compute_metrics(
         collision_distance_m: robots closer than this (m) collide; None: only the minimum separation.
         hold_from_ns: the tracking error uses ground truth stamped at or after this time (ns; the hold window
             after the take-off transient); None: all of it.
+        latency_from_ns: latencies (and their stages) come from commands received at or after this time (ns;
+            the flight's start); None: every command in the bag.
         topics: the bench topic names (default :class:`BenchTopics`).
         contents: the bag as :func:`read_bag` already read it (with the same ``topics``); None: read ``bag_dir``.
 
@@ -377,6 +390,7 @@ def compute_metrics(
         answered, command_counts = answered_commands(
             [named[name] for name in topics.commands if name in named],
             set(observations.stamp_ns) if observations is not None else None,
+            latency_from_ns,
         )
         latencies = [(recv - stamp) / 1e6 for recv, stamp in answered]
         all_latencies += latencies

@@ -276,6 +276,7 @@ def run_bench(
         targets=targets,
         collision_distance_m=0.1,
         hold_from_ns=hold_from_ns,
+        latency_from_ns=None if lockstep else flight_start_ns,  # not the hold before the flight
     )
     summary.update(
         scenario={"name": scenario.name, "description": scenario.description, "spec": scenario.perturbations},
