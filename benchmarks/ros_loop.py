@@ -2,25 +2,25 @@
 
     python benchmarks/ros_loop.py --out benchmarks/results/ros_loop.json
 
-Latency (``latency`` section): the bench (sim bridge -> [perturbation node] -> policy node, recorder) at
-100 Hz for 4 and 16 drones, without the perturbation hop (``clean`` scenario) and with it (``noise``). The
-latency of a command is its receive time in the recorder's bag minus its header stamp, which is the stamp of
-the odometry that produced it (the bridge stamps odometry when it publishes; one host clock); ``stages_ms``
-splits it where the odometry reached the recorder before the hop (``odom_raw``) and after it (``odom``). The achieved
-rate is the mean over robots of the ``cmd_vel`` rate in the bag, against 100 Hz. Every case runs twice: at
-normal scheduling (``latency``) and with every bench process on ``SCHED_FIFO`` (``latency_realtime``,
+Latency (``latency`` section): the bench (sim bridge -> [perturbation node] -> policy node, recorder) at 100 Hz for
+4 and 16 drones, without the perturbation hop (``clean`` scenario) and with it (``noise``). The latency of a command
+(over the flight, not the bench's hold before it) is its receive time in the recorder's bag minus its header stamp,
+which is the stamp of the odometry that produced it (the bridge stamps odometry when it publishes; one host clock);
+``stages_ms`` splits it where the odometry reached the recorder before the hop (``odom_raw``) and after it
+(``odom``). The achieved rate is the mean over robots of the ``cmd_vel`` rate in the bag, against 100 Hz. Every case
+runs twice: at normal scheduling (``latency``) and with every bench process on ``SCHED_FIFO`` (``latency_realtime``,
 ``--realtime-priority``; the summary says if it was refused). The goal case (4 drones with the hop) runs
-``--repeats`` times under each, since one 15 s run's p99 moves by a few ms from run to run on a shared
-2-core machine: ``goal_case_repeats`` lists every run, and the goals use the median run. The nodes warm up
-before each burst on ``SCHED_FIFO`` (:mod:`s2r_ros.warmup`): each real-time run of the goal case is followed by
-one with the warm-up off (``warmup_lead_s: 0``), its median run in ``latency_realtime_without_warmup`` and every
-run in ``goal_case_repeats_without_warmup``. Every run also records the host's own wake-up lateness over its flight
+``--repeats`` times under each, since one 15 s run's p99 moves by a few ms from run to run on a shared 2-core
+machine: ``goal_case_repeats`` lists every run, and the goals use the median run. The nodes warm up before each
+burst on ``SCHED_FIFO`` (:mod:`s2r_ros.warmup`): each real-time run of the goal case is followed by one with the
+warm-up off (``warmup_lead_s: 0``), its median run in ``latency_realtime_without_warmup`` and every run in
+``goal_case_repeats_without_warmup``. Every run also records the host's own wake-up lateness over its flight
 (``host_wakeup_ms``: a ``SCHED_FIFO`` 99 probe, :mod:`sim2real.bench.wakeup`), and
 ``goal_case_host_against_latency`` plots each goal-case run's latency p99 against it (``ros_loop.png`` beside the
-JSON) with Spearman's rank correlation per group of runs; ``ros_loop_stages.png`` splits each case's median run
-by stage. ``--replot`` redraws both from the JSON at ``--out``. The 4-drone policy is
-``tests/data/hover4_bundle`` (trained for 30 Hz; the bench and node run it at 100 Hz here); the 16-drone
-policy is barely trained (latency does not depend on training).
+JSON) with Spearman's rank correlation per group of runs; ``ros_loop_stages.png`` splits each case's median run by
+stage. ``--replot`` redraws both from the JSON at ``--out``. The 4-drone policy is ``tests/data/hover4_bundle``
+(trained for 30 Hz; the bench and node run it at 100 Hz here); the 16-drone policy is barely trained (latency does
+not depend on training).
 
 Tracking (``tracking`` section): the 4-drone policy at its trained 30 Hz under the ``noise`` scenario on
 the bench, against ``sim2real eval``'s evaluation of the same bundle under the same spec on PyBullet (same
@@ -162,7 +162,7 @@ def stage_plot(schedulings: dict[str, dict[str, dict[str, Any]]], path: Path) ->
     for row, (_, entry) in enumerate(bars):
         left = 0.0
         for name, stage in entry["stages_ms"].items():
-            ax.barh(row, stage["p50"], left=left, color=STAGE_COLOURS[name.split(" -> ")[0]])
+            ax.barh(row, stage["p50"], left=left, color=STAGE_COLOURS.get(name.split(" -> ")[0], "tab:grey"))
             left += stage["p50"]
         ax.text(left + 0.05, row, f"{entry['p50_ms']:.2f} / {entry['p99_ms']:.2f} ms", va="center", fontsize=8)
     ax.set_yticks(range(len(bars)), [name for name, _ in bars], fontsize=8)

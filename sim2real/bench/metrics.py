@@ -219,7 +219,7 @@ def first_arrivals(record: TopicRecord) -> dict[int, int]:
     """Stamp (ns) -> the first receive time (ns) of a message with that stamp on a topic with headers."""
     first: dict[int, int] = {}
     for recv, stamp in zip(record.recv_ns, record.stamp_ns, strict=True):
-        if recv < first.get(stamp, recv + 1):
+        if stamp not in first or recv < first[stamp]:
             first[stamp] = recv
     return first
 
