@@ -529,6 +529,12 @@ def bench_metrics_command(
         help="Per-robot topics a state passes through before the command, in order, for the latency by stage, "
         "e.g. 'odom_raw,odom' (the bench with its perturbation hop).",
     ),
+    latency_from: int = typer.Option(
+        None,
+        min=0,
+        help="Latency only from commands received at or after this time [ns since the epoch]; for a bench bag, "
+        "its summary.json's flight_window_ns[0] (the flight, not the hold before it). Default: the whole bag.",
+    ),
 ) -> None:
     """Bench metrics of a recorded bag: latency from stamps, rates, drops, failsafe, tracking and separation."""
     from rosbags.highlevel import AnyReaderError
@@ -550,6 +556,7 @@ def bench_metrics_command(
             targets=targets,
             collision_distance_m=collision_distance,
             topics=BenchTopics(truth=truth, stages=stage_topics),
+            latency_from_ns=latency_from,
         )
     except AnyReaderError as err:
         typer.echo(f"bench metrics: cannot read the bag {bag}: {err}", err=True)

@@ -303,6 +303,10 @@ def test_metrics_of_a_known_bag(tmp_path: Path) -> None:
     assert windowed["robots"]["cf2"]["latency_ms"]["count"] == 0
     assert windowed["robots"]["cf2"]["commands"]["before_window"] == 11
     assert windowed["overall"]["latency_stages_ms"]["odom -> command"]["count"] == 54
+    options = ["--stages", "odom_raw,odom", "--latency-from", str(T0 + 505 * MS), "--out", str(tmp_path / "w.json")]
+    in_window = CliRunner().invoke(app, ["bench", "metrics", str(bag), *options])
+    assert in_window.exit_code == 0, in_window.output
+    assert json.loads((tmp_path / "w.json").read_text()) == windowed
     assert result.output.startswith(f"bag {bag}: robots cf1, cf2\n")
     lat = summary["overall"]["latency_ms"]
     assert f"latency p50 / p99: {lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} ms (111 commands)" in result.output

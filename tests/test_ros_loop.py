@@ -32,6 +32,7 @@ from std_srvs.srv import SetBool
 from typer.testing import CliRunner
 
 from sim2real.bench.bridge import split_spec
+from sim2real.bench.metrics import BenchTopics, compute_metrics
 from sim2real.bench.run import ScenarioError, builtin_scenarios, load_scenario, run_bench
 from sim2real.cli import app
 from sim2real.deploy.cdr import Float32ArrayWriter, OdometryWriter, TwistStampedWriter, read_twist_stamped_cdr
@@ -477,6 +478,12 @@ def test_closed_loop_holds_four_drones_clean_and_reports_injected_noise(tmp_path
         assert metrics["diagnostics"]["failsafe_entries"] == 0 and counters["safe_commands"] <= 30, counters
     assert clean["overall"]["collisions"] == 0 and clean["overall"]["stale_reports"] == 0
     assert clean["overall"]["latency_ms"]["count"] > 4 * 30 * 10
+    start_ns, end_ns = clean["flight_window_ns"]  # the latency window: `bench metrics` on the bag reproduces it
+    assert end_ns - start_ns >= 14e9
+    again = compute_metrics(
+        tmp_path / "clean" / "bag", latency_from_ns=start_ns, topics=BenchTopics(truth="odom", stages=("odom",))
+    )
+    assert again["overall"]["latency_ms"] == clean["overall"]["latency_ms"]
     stages = clean["overall"]["latency_stages_ms"]  # every answered command's odometry is in the bag
     assert list(stages) == ["stamp -> odom", "odom -> command"], stages
     assert all(stage["count"] == clean["overall"]["latency_ms"]["count"] for stage in stages.values()), stages

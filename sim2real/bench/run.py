@@ -11,13 +11,14 @@ private ROS domain (:class:`~sim2real.bench.launcher.BenchLauncher`):
   ``agents.*``/``action.*`` kinds, commands ``cmd_vel_raw -> cmd_vel``;
 - the policy node with the bundle;
 
-flies for ``duration_s``, stops everything by process group and writes ``OUT/summary.json``: the bench
-metrics (:mod:`sim2real.bench.metrics`; the latency by stage at ``odom_raw`` and ``odom`` with the hop, ``odom``
-without, and ``cmd_vel_raw`` with a command hop) with the scenario, the bundle, how each process ended and how it was
-scheduled (``scheduling``: the requested ``realtime_priority`` and the processes that were refused it), the
-machine's own wake-up latency over the flight (``host``, :mod:`sim2real.bench.wakeup`, a ``cyclictest``-style
-probe at ``SCHED_FIFO`` 99 beside the bench; its wake-ups in ``OUT/wakeups.npz``), and ``OUT/tracking.png``
-(:mod:`sim2real.bench.plot`, with matplotlib).
+flies for ``duration_s``, stops everything by process group and writes ``OUT/summary.json``: the bench metrics
+(:mod:`sim2real.bench.metrics`; the latency by stage at ``odom_raw`` and ``odom`` with the hop, ``odom`` without,
+and ``cmd_vel_raw`` with a command hop) with the scenario, the bundle, how each process ended and how it was
+scheduled (``scheduling``: the requested ``realtime_priority`` and the processes that were refused it), the flight's
+wall-clock window (``flight_window_ns``: the latency counts the commands received in it from its start, not the hold
+before), the machine's own wake-up latency over the flight (``host``, :mod:`sim2real.bench.wakeup`, a
+``cyclictest``-style probe at ``SCHED_FIFO`` 99 beside the bench; its wake-ups in ``OUT/wakeups.npz``), and
+``OUT/tracking.png`` (:mod:`sim2real.bench.plot`, with matplotlib).
 """
 
 from __future__ import annotations
@@ -260,6 +261,7 @@ def run_bench(
     }
     # over the flight's wall-clock window (lock step resets flight_start_ns below); None if the probe wrote nothing
     host = load_wakeups(wakeups_path).summary(flight_start_ns, flight_end_ns) if wakeups_path.is_file() else None
+    flight_window_ns = [flight_start_ns, flight_end_ns]  # wall clock: the latency window of the metrics
     contents = read_bag(out_dir / "bag", topics)
     if lockstep:  # stamps are simulated time from 0: the flight's length is what was simulated
         flight_start_ns = 0
@@ -288,6 +290,7 @@ def run_bench(
         processes=exits,
         injection={"odometry": hop, "commands": command_hop, "dynamics_in_sim": dynamics},
         host=host,
+        flight_window_ns=flight_window_ns,
         scheduling={
             "realtime_priority": realtime_priority,
             "refused": sorted(
