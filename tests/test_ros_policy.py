@@ -37,8 +37,10 @@ from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
 from sim2real.deploy import CommandSpec, ControlSchedule, Failsafe, RobotState, SwarmController, SwarmObserver
 from sim2real.deploy.cdr import (
+    SMALL_BURST,
     CdrError,
     Float32ArrayWriter,
+    OdometryOffsets,
     OdometryWriter,
     SwarmOdometryWriter,
     TwistStampedWriter,
@@ -219,6 +221,56 @@ def test_cdr_odometry_bursts_read_and_write_what_the_one_message_functions_do(tw
         np.testing.assert_allclose(read_odometry(deserialize_message(encoded, Odometry), twist_frame).row(), row)
     with pytest.raises(ValueError, match=r"shape \(3, 13\) for 4 robots"):
         SwarmOdometryWriter("world", children).encode_rows(rows[:3], 0)
+
+
+@pytest.mark.parametrize("twist_frame", ["body", "world"])
+def test_cdr_small_bursts_in_python_floats_match_the_numpy_path_of_large_ones(twist_frame: str) -> None:
+    count = SMALL_BURST + 3  # read and written with numpy; its first few alone with Python floats
+    writer = SwarmOdometryWriter("world", [f"cf{i}/base_link" for i in range(count)], twist_frame)
+    rows = np.stack([robot_state(seed).row() for seed in range(count)])
+    rows[2, 7] = np.nan  # a NaN goes through both as a NaN
+    messages = writer.encode_rows(rows, 5)
+    offsets = [odometry_offset(m) for m in messages]
+    large = read_odometry_rows(messages, offsets, twist_frame)
+    small = read_odometry_rows(messages[:5], offsets[:5], twist_frame)
+    np.testing.assert_allclose(np.delete(large, 2, axis=0), np.delete(rows, 2, axis=0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(small, large[:5], rtol=0, atol=1e-15, equal_nan=True)  # the same NaNs
+    assert np.isnan(small[2, 7])
+    moved = rows + 0.01
+    moved[3, 3:7] *= 2.0  # no longer a unit quaternion: normalize=True writes it renormalised
+    moved[4, 3:7] = 0.0  # a zero one is left as it is
+    for normalize in (False, True):
+        written = {
+            "large": write_odometry_rows(messages, offsets, moved, twist_frame, normalize=normalize),
+            "small": write_odometry_rows(messages[:5], offsets[:5], moved[:5], twist_frame, normalize=normalize),
+        }
+        back = {path: read_odometry_rows(out[:5], offsets[:5], twist_frame) for path, out in written.items()}
+        np.testing.assert_allclose(back["small"], back["large"], rtol=0, atol=1e-12, equal_nan=True)
+        quat_norm = np.linalg.norm(back["small"][3, 3:7])
+        assert quat_norm == pytest.approx(1.0 if normalize else np.linalg.norm(moved[3, 3:7]))
+        np.testing.assert_array_equal(back["small"][4, 3:7], 0.0)
+        np.testing.assert_allclose(back["small"][:3, :3], moved[:3, :3], rtol=0, atol=1e-15)  # positions as given
+    with pytest.raises(ValueError, match="twist_frame must be one of"):
+        read_odometry_rows(messages[:2], offsets[:2], "child")
+    with pytest.raises(ValueError, match=r"shape \(4, 13\) for 5 robots"):
+        write_odometry_rows(messages[:5], offsets[:5], moved[:4])
+
+
+def test_cdr_odometry_offsets_remembered_per_robot_are_those_parsed_and_bad_bytes_still_fail() -> None:
+    offsets = OdometryOffsets()
+    first = OdometryWriter("world", "cf1/base_link").encode(robot_state(1, stamp_ns=10))
+    later = OdometryWriter("world", "cf1/base_link").encode(robot_state(2, stamp_ns=20))  # another stamp and state
+    assert offsets(0, first) == offsets(0, later) == odometry_offset(first)
+    for frame_id, child_frame_id in FRAME_IDS:  # other strings from the same robot: parsed again
+        other = OdometryWriter(frame_id, child_frame_id).encode(robot_state(3))
+        assert offsets(0, other) == odometry_offset(other)
+    renamed = OdometryWriter("world", "cf2/base_link").encode(robot_state(4))  # same length, other bytes
+    assert offsets(1, first) == offsets(1, renamed) == odometry_offset(renamed)
+    with pytest.raises(CdrError, match="big-endian"):
+        offsets(1, b"\x00\x00" + renamed[2:])
+    with pytest.raises(CdrError, match="too short"):
+        offsets(1, renamed[:-8])
+    assert offsets(1, renamed) == odometry_offset(renamed)  # the good bytes after the bad
 
 
 @pytest.mark.parametrize("frame_id", ["world", "", "abcd", "frame_7"])

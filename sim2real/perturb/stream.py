@@ -261,8 +261,9 @@ class BurstPerturber:
         messages); their perturbed values in that order. Only those robots' hits are recorded."""
         buffer[0, rows] = messages
         log = self.pipeline.log
-        log.agents = np.zeros(self.num_agents, dtype=bool)
-        log.agents[rows] = True
+        if rows != slice(None):  # the whole swarm: every robot's hits count, as with no selection
+            log.agents = np.zeros(self.num_agents, dtype=bool)
+            log.agents[rows] = True
         try:
             return list(run(buffer.copy())[0, rows])  # rows of a new array
         finally:

@@ -67,7 +67,7 @@ from std_srvs.srv import SetBool
 
 from sim2real.deploy.cdr import (
     CdrError,
-    odometry_offset,
+    OdometryOffsets,
     patch_twist_stamped_cdr,
     read_odometry_rows,
     read_twist_stamped_cdr,
@@ -83,15 +83,6 @@ EVENTS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 """Ground truth is not to be lost: reliable, with room for a burst of reports."""
 
 
-def unit_quaternions(rows: np.ndarray) -> np.ndarray:
-    """State rows ``[k, 13]`` (:meth:`sim2real.deploy.state.RobotState.row`) as float64 with their quaternions
-    renormalised (a zero one is left as is)."""
-    rows = np.array(rows, dtype=np.float64)
-    norm = np.linalg.norm(rows[:, 3:7], axis=1, keepdims=True)
-    rows[:, 3:7] /= np.where(norm > 0, norm, 1.0)
-    return rows
-
-
 def forwarded(
     messages: list[bytes],
     before: np.ndarray,
@@ -101,17 +92,18 @@ def forwarded(
     """What goes on for each message ``k``: None where the perturbations delivered nothing (dropped, late), its
     bytes as they came where they changed nothing, else the bytes ``patch(ks, values)`` writes for all the changed
     ones at once. ``before[k]`` and ``after[k]`` are compared at the perturbations' precision (float32), so a
-    message they left alone goes on byte for byte instead of after a float32 round trip."""
+    message they left alone goes on byte for byte instead of after a float32 round trip. Compared as Python
+    floats: a burst's few rows cost less so than in numpy calls (see :data:`sim2real.deploy.cdr.SMALL_BURST`)."""
     out: list[bytes | None] = [
         None if values is None else message for message, values in zip(messages, after, strict=True)
     ]
     delivered = [k for k, values in enumerate(after) if values is not None]
     if delivered:
-        values = np.stack([after[k] for k in delivered])
-        moved = ~np.all(values == before[delivered].astype(values.dtype), axis=1)  # NaN counts as changed
-        ks = [k for k, m in zip(delivered, moved.tolist(), strict=True) if m]
+        dtype = after[delivered[0]].dtype
+        was = before.astype(dtype).tolist()
+        ks = [k for k in delivered if after[k].tolist() != was[k]]  # NaN counts as changed
         if ks:
-            for k, message in zip(ks, patch(ks, values[moved]), strict=True):
+            for k, message in zip(ks, patch(ks, np.array([after[k] for k in ks])), strict=True):
                 out[k] = message
     return out
 
@@ -148,6 +140,7 @@ class PerturbationNode(Node):
         perturber = partial(BurstPerturber, spec, ODOMETRY_LAYOUT, act_dim=act_dim, num_agents=n, seed=seed)
         self.perturber = perturber(log_capacity=0)
         self.last_states: tuple[list[int], list[bytes], list[int]] | None = None  # the last odometry burst
+        self.offsets = OdometryOffsets()
         self.warmer = declare_warmup(self, self._warm)
         # the warm-ups go through a second perturber of the spec: the robots' streams never see them
         self.shadow = perturber(log_capacity=0) if self.warmer is not None else None
@@ -182,7 +175,7 @@ class PerturbationNode(Node):
         """Robot ``agent``'s serialized odometry, with the other robots' that arrived with it (see :meth:`_burst`)."""
         if self.warmer is not None:
             self.warmer.arrived()
-        self._burst(self.state_subscriptions, self.state_publishers, agent, data, odometry_offset, self._perturb_states)
+        self._burst(self.state_subscriptions, self.state_publishers, agent, data, self.offsets, self._perturb_states)
 
     def _on_command(self, agent: int, data: bytes) -> None:
         """Robot ``agent``'s serialized velocity command, with the other robots' that arrived with it."""
@@ -196,7 +189,7 @@ class PerturbationNode(Node):
         publishers: list[Publisher],
         agent: int,
         data: bytes,
-        read: Callable[[bytes], Any],
+        read: Callable[[int, bytes], Any],
         perturb: Callable[[list[int], list[bytes], list[Any]], list[bytes | None]],
     ) -> None:
         """Perturb robot ``agent``'s message and the other robots' that are waiting (a swarm driver publishes
@@ -208,7 +201,7 @@ class PerturbationNode(Node):
         readable: list[tuple[int, int, bytes, Any]] = []  # (position in the burst, robot, bytes, what was read)
         for position, (robot, message) in enumerate(burst):
             try:
-                readable.append((position, robot, message, read(message)))
+                readable.append((position, robot, message, read(robot, message)))
             except CdrError as err:
                 self._log_unread(robot, err)
         if readable:
@@ -220,7 +213,7 @@ class PerturbationNode(Node):
                 publishers[robot].publish(out)
 
     def _perturb_states(self, robots: list[int], data: list[bytes], offsets: list[int]) -> list[bytes | None]:
-        """The robots' serialized odometry (``offsets``: :func:`odometry_offset`), perturbed (None: dropped)."""
+        """The robots' serialized odometry (``offsets``: where their doubles start), perturbed (None: dropped)."""
         self.last_states = (robots, data, offsets)
         return self._states_through(self.perturber, robots, data, offsets)
 
@@ -238,12 +231,12 @@ class PerturbationNode(Node):
 
         def patch(ks: list[int], values: np.ndarray) -> list[bytes]:
             messages, at = [data[k] for k in ks], [offsets[k] for k in ks]
-            return write_odometry_rows(messages, at, unit_quaternions(values), self.twist_frame)
+            return write_odometry_rows(messages, at, values, self.twist_frame, normalize=True)
 
         return forwarded(data, rows, outs, patch)
 
-    def _read_command(self, data: bytes) -> np.ndarray:
-        """The command's ``twist.linear`` ``[3]`` [m/s]."""
+    def _read_command(self, robot: int, data: bytes) -> np.ndarray:
+        """Robot ``robot``'s command's ``twist.linear`` ``[3]`` [m/s]."""
         return read_twist_stamped_cdr(data)[0]
 
     def _perturb_commands(self, robots: list[int], data: list[bytes], linear: list[np.ndarray]) -> list[bytes | None]:

@@ -58,8 +58,8 @@ from sim2real.deploy import AgentCommand, SwarmController
 from sim2real.deploy.cdr import (
     CdrError,
     Float32ArrayWriter,
+    OdometryOffsets,
     TwistStampedWriter,
-    odometry_offset,
     read_odometry_rows,
     read_stamp_ns,
 )
@@ -128,6 +128,7 @@ class PolicyNode(Node):
 
         self.robots = list(robots)
         self.last_burst: tuple[list[int], list[bytes], list[int]] | None = None  # robots, odometry, offsets
+        self.offsets = OdometryOffsets()
         self.warmer = declare_warmup(self, self._warm)
         # the warm-ups go through a second controller on the same policy: the robots' state never sees them
         self.shadow = SwarmController(self.policy, **limits) if self.warmer is not None else None
@@ -172,7 +173,7 @@ class PolicyNode(Node):
         agents, messages, offsets = [], [], []
         for robot, message in [(agent, data), *take_waiting(self.odometry_subscriptions, agent)]:
             try:
-                offsets.append(odometry_offset(message))
+                offsets.append(self.offsets(robot, message))
             except CdrError as err:
                 logger = self.get_logger()
                 logger.error(f"{self.robots[robot]}: odometry ignored: {err}", throttle_duration_sec=self.log_period_s)
