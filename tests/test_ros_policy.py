@@ -55,7 +55,7 @@ from sim2real.deploy.cdr import (
 )
 from sim2real.deploy.codecs import fill_odometry, read_odometry, stamp_to_ns
 from sim2real.deploy.realtime import check_priority
-from sim2real.deploy.state import SwarmState
+from sim2real.deploy.state import SwarmState, agent_index
 from sim2real.envs import make
 from sim2real.envs.drones import CF2X
 from sim2real.envs.drones.observation import drone_observation
@@ -446,6 +446,14 @@ def test_controller_steps_a_burst_of_states_in_one_inference_as_one_by_one(vel_b
     assert [c.agent for c in out] == [1, 0] and batched_policy.batches == [1]
     assert out[0].guarded.fault == "obs_not_finite" and out[1].guarded.fault is None
     assert batched.on_states({0: robot_state(34, now + period)}, now + period) == []  # not due again yet
+
+
+def test_agent_index_is_a_view_for_the_whole_swarm_in_order_and_the_list_otherwise() -> None:
+    assert agent_index([0, 1, 2], 3) == slice(None)
+    assert agent_index(range(2), 2) == slice(None)
+    assert agent_index([1, 0], 2) == [1, 0]  # another order: the rows in that order
+    assert agent_index([0, 1], 3) == [0, 1]
+    assert agent_index([], 0) == slice(None) and agent_index([], 2) == []
 
 
 def test_controller_state_rows_step_a_burst_like_states_and_a_robot_given_twice_counts_its_last(

@@ -50,7 +50,7 @@ POSITION, ORIENTATION, LINEAR, ANGULAR = slice(0, 3), slice(3, 7), slice(43, 46)
 """Odometry's doubles: ``pose.pose.position``, ``pose.pose.orientation``, ``twist.twist.linear``, ``.angular``."""
 POSE_BYTES, TWIST_BYTES = 8 * ORIENTATION.stop, 8 * (ANGULAR.stop - LINEAR.start)
 """Bytes of the pose (position, orientation) and of the twist (linear, angular) in serialized odometry."""
-_POSE, _TWIST = struct.Struct("<7d"), struct.Struct("<6d")
+_STAMP, _POSE, _TWIST = struct.Struct("<II"), struct.Struct("<7d"), struct.Struct("<6d")
 _TWIST_AT = 8 * LINEAR.start
 """Byte offset of the twist from the first double of serialized odometry."""
 
@@ -105,7 +105,7 @@ def read_stamp_ns(data: bytes) -> int:
 
 def _write_stamp(buf: bytearray, stamp_ns: int) -> None:
     """Set the ``header.stamp`` of serialized message ``buf`` to ``stamp_ns`` (>= 0)."""
-    np.frombuffer(buf, dtype="<u4", count=2, offset=4)[:] = divmod(int(stamp_ns), 1_000_000_000)
+    _STAMP.pack_into(buf, HEADER_BYTES, *divmod(int(stamp_ns), 1_000_000_000))
 
 
 def _header(frame_ids: tuple[str, ...]) -> bytearray:
@@ -292,7 +292,7 @@ class SwarmOdometryWriter:
     def encode_rows(self, rows: np.ndarray, stamp_ns: int) -> list[bytes]:
         """The robots' state rows ``[N, 13]`` (:meth:`RobotState.row`), all stamped ``stamp_ns`` (>= 0), as bytes."""
         poses, twists = _pose_twist_bytes(rows, len(self.heads), self.twist_frame)
-        stamp = struct.pack("<II", *divmod(int(stamp_ns), 1_000_000_000))
+        stamp = _STAMP.pack(*divmod(int(stamp_ns), 1_000_000_000))
         covariance = bytes(8 * 36)
         return [
             b"".join((head[:HEADER_BYTES], stamp, head[HEADER_BYTES + 8 :], pose, covariance, twist, covariance))

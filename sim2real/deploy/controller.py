@@ -24,7 +24,7 @@ from sim2real.deploy.command import CommandSpec
 from sim2real.deploy.failsafe import Failsafe, GuardedCommand
 from sim2real.deploy.observation import SwarmObserver
 from sim2real.deploy.schedule import ControlSchedule
-from sim2real.deploy.state import RobotState, SwarmState
+from sim2real.deploy.state import RobotState, SwarmState, agent_index
 
 LEVELS = {"missing": "STALE", "stale": "STALE", "no_target": "STALE"}
 """Diagnostic level per fault; the other faults (non-finite observation or command) are ERROR."""
@@ -137,18 +137,20 @@ class SwarmController:
         due = [agent for agent, stamp in stamps.items() if self.schedule.due(agent, stamp)]
         if not due:
             return []
-        obs = self.observer.observe(self.state, self.targets, self.last_action)
-        obs_finite = np.isfinite(obs[due]).all(axis=1).tolist()
+        obs = self.observer.observe(self.state, self.targets, self.last_action)[agent_index(due, self.num_agents)]
+        obs_finite = np.isfinite(obs).all(axis=1).tolist()
         faults = [
             self.failsafe.input_fault(self.state.age_s(agent, now_ns), has_target, finite)
             for agent, has_target, finite in zip(due, self.has_targets(due), obs_finite, strict=True)
         ]
         flying = [fault is None for fault in faults]
         commands = None
-        if any(flying):
+        if all(flying):  # the usual burst: no row to leave out
+            commands = self.policy.command(obs, agent_ids=due)
+        elif any(flying):
             commands = np.full((len(due), self.spec.size), np.nan)
             in_control = [agent for agent, fly in zip(due, flying, strict=True) if fly]
-            commands[flying] = self.policy.command(obs[in_control], agent_ids=in_control)
+            commands[flying] = self.policy.command(obs[flying], agent_ids=in_control)
         return self._send(due, faults, commands, [stamps[agent] for agent in due])
 
     def watchdog(self, now_ns: int) -> list[AgentCommand]:
@@ -164,8 +166,9 @@ class SwarmController:
     ) -> list[AgentCommand]:
         """Guard the commands ``[K, A]`` of robots ``agents`` (None: all faulted) in one pass and stamp them."""
         guarded = self.failsafe.guard_many(agents, faults, commands)
-        self.last_action[agents] = self.spec.to_action(self.failsafe.last_command[agents])  # the guarded commands
-        self.last_limited[agents] = [g.limited for g in guarded]
+        index = agent_index(agents, self.num_agents)
+        self.last_action[index] = self.spec.to_action(self.failsafe.last_command[index])  # the guarded commands
+        self.last_limited[index] = [g.limited for g in guarded]
         return [AgentCommand(a, g, stamp) for a, g, stamp in zip(agents, guarded, stamps_ns, strict=True)]
 
     def status(self, agent: int, now_ns: int) -> AgentStatus:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sim2real.deploy.state import agent_index
+
 FAULTS = ("missing", "stale", "no_target", "obs_not_finite", "command_not_finite")
 STARTUP_FAULTS = {"missing": "its first state", "no_target": "a target"}  # fault -> what a starting robot awaits
 
@@ -120,8 +122,8 @@ class Failsafe:
         """The commands to send robots ``agents`` (distinct), in one numpy pass: the safe command for those with a
         fault, else their row of ``commands [K, A]`` guarded (rows of faulted robots are ignored; None: no
         command, so a robot without a fault gets ``command_not_finite``)."""
-        idx = list(agents)
-        shape = (len(idx), len(self.safe_command))
+        idx = agent_index(agents, len(self.fault))
+        shape = (len(agents), len(self.safe_command))
         proposed = np.full(shape, np.nan) if commands is None else np.asarray(commands, np.float64).reshape(shape)
         finite = np.isfinite(proposed).all(axis=1).tolist()
         faults = [f if f is not None or ok else "command_not_finite" for f, ok in zip(faults, finite, strict=True)]
