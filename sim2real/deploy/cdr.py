@@ -209,7 +209,7 @@ def write_odometry_rows(
     if rows.shape != (len(messages), 13):
         raise ValueError(f"state rows of shape {rows.shape} for {len(messages)} robots; expected ({len(messages)}, 13)")
     if len(messages) >= SMALL_BURST:
-        poses, twists = _pose_twist_bytes(unit_quaternions(rows) if normalize else rows, len(messages), twist_frame)
+        poses, twists = _pose_twist_bytes(_unit_quaternions(rows) if normalize else rows, len(messages), twist_frame)
     else:
         body = _is_body(twist_frame)
         poses, twists = [], []
@@ -232,7 +232,7 @@ def write_odometry_rows(
     return out
 
 
-def unit_quaternions(rows: np.ndarray) -> np.ndarray:
+def _unit_quaternions(rows: np.ndarray) -> np.ndarray:
     """State rows ``[k, 13]`` (:meth:`RobotState.row`) as float64 with their quaternions renormalised (a zero one
     is left as is)."""
     rows = np.array(rows, dtype=np.float64)
