@@ -17,7 +17,8 @@ from sim2real.bench.wakeup import Wakeups, load_wakeups, main, measure_wakeups, 
 
 def test_probe_records_lateness_and_skips_the_deadlines_a_stall_passed() -> None:
     """A 60 ms stall at the 20th deadline is one wake-up about 60 ms late, not 30 late ones, and the deadlines
-    after it keep the 2 ms grid."""
+    after it keep the 2 ms grid. The host's own stalls may skip deadlines too: each wake-up skips exactly the
+    deadlines its lateness passed, whatever made it late."""
     calls = []
 
     def running() -> bool:
@@ -35,9 +36,11 @@ def test_probe_records_lateness_and_skips_the_deadlines_a_stall_passed() -> None
     assert stalled.tolist() == [19], lateness[15:25] / 1e6  # the wake-up after the stall, once
     assert 55e6 < lateness[19] < 100e6
     steps = np.diff(times - lateness) / 2e6  # between deadlines, in periods (wall clock less the lateness)
-    on_grid = np.abs(steps - np.round(steps)) < 0.1
+    on_grid = np.abs(steps - np.round(steps)) < 0.1  # off only where the two clocks were read a preemption apart
     assert on_grid.sum() >= 95 and round(steps[19]) in (30, 31), steps  # whole periods; the stall skipped 29-30
-    assert (np.round(steps) == 1).sum() >= 95, steps
+    skipped = lateness[:-1] // 2_000_000  # the deadlines that passed before each wake-up
+    assert np.all(np.round(steps)[on_grid] == (skipped + 1)[on_grid]), (steps, lateness / 1e6)
+    assert (skipped == 0).sum() >= 50, lateness / 1e6  # most wake-ups on time: the test measured a probe, not stalls
 
 
 def test_summary_covers_the_flight_window_in_milliseconds(tmp_path: Path) -> None:
