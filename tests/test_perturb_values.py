@@ -225,6 +225,41 @@ def test_ground_truth_log_records_what_happened():
     assert sorted({r["episode_step"] for r in rows}) == [0, 1, 2, 3]
 
 
+def test_ground_truth_log_counts_every_hit_beyond_its_capacity():
+    spec = "obs.bias(value=0.5,fields=pos,agents=[1],name=gps)+obs.gaussian(std=0.1,name=noise)"
+    full = pipeline(spec, 3, 2)
+    run_obs(full, np.zeros((100, 3, 2, 8), np.float32))  # more steps than the hits left waiting at once
+    for capacity in (0, 5):
+        p = pipeline(spec, 3, 2)
+        p.log.capacity = capacity
+        run_obs(p, np.zeros((100, 3, 2, 8), np.float32))
+        assert 0 < len(p.log._pending) < 64  # beyond the rows, hits wait to be counted, 64 calls at most
+        p.log.count_pending()
+        assert not p.log._pending
+        assert p.log.counts() == full.log.counts() and p.log.counts(1) == full.log.counts(1)
+        assert len(p.log.records()) == capacity and p.log.dropped == 100 * (3 + 6) - capacity
+        assert p.log.records() == full.log.records()[:capacity]
+    assert full.log.counts()["gps"]["events"] == 300 and full.log.counts()["noise"]["events"] == 600
+
+
+def test_the_hit_mask_of_the_default_schedule_follows_resets_and_the_switch():
+    p = pipeline("obs.bias(value=1,agents=random:1)", 4, 3)
+    bias = p.items[0]
+    hit, _ = bias.gate(np.zeros(4), 0)
+    assert not hit.flags.writeable and hit.sum(axis=1).tolist() == [1, 1, 1, 1]
+    p.set_enabled(False)
+    assert not bias.gate(np.zeros(4), 1)[0].any()
+    p.set_enabled(True)
+    p.reset(np.array([0, 1, 2, 3]))
+    again = [bias.gate(np.zeros(4), 2)[0] for _ in range(2)]
+    assert again[0] is again[1] and again[0].sum() == 4  # one mask until the next reset or switch
+    drawn = {tuple(np.argmax(bias.gate(np.zeros(4), 0)[0], axis=1))}
+    for _ in range(10):
+        p.reset(np.array([0, 1, 2, 3]))
+        drawn.add(tuple(np.argmax(bias.gate(np.zeros(4), 0)[0], axis=1)))
+    assert len(drawn) > 1  # each reset draws the agents again
+
+
 def test_info_reports_clean_observations_and_executed_actions_through_episode_ends():
     env = make("drone-hover", num_envs=2, num_drones=2, episode_len_s=0.1)
     penv = apply(env, "action.scale(factor=2)+obs.bias(value=1)", seed=0)

@@ -91,6 +91,10 @@ class Context:
         return mask
 
 
+PENDING_LIMIT = 64
+"""Calls of :meth:`EventLog.add` whose hits may wait to be counted (memory: the arrays they hold)."""
+
+
 class EventLog:
     """Ground truth of what the perturbations did: one row per (perturbation, step, env, agent) hit.
 
@@ -109,7 +113,8 @@ class EventLog:
         """Agents whose hits are recorded now (bool ``[N]``), None for all; :class:`BurstPerturber` sets it."""
         self._chunks: list[tuple[str, str, np.ndarray]] = []
         self._rows = 0
-        self.dropped = 0
+        self._dropped = 0
+        self._pending: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]] = []
         self._counts: dict[str, int] = {}
         self._magnitude_sums: dict[str, float] = {}
         self._agent_counts: dict[str, np.ndarray] = {}  # name -> hits per agent [N]
@@ -118,20 +123,56 @@ class EventLog:
     def add(
         self, kind: str, name: str, global_step: int, episode_step: np.ndarray, hit: np.ndarray, mag: np.ndarray
     ) -> None:
-        """Record the hits ``hit [E, N]`` with magnitudes ``mag [E, N]`` at the given steps."""
+        """Record the hits ``hit [E, N]`` with magnitudes ``mag [E, N]`` at the given steps.
+
+        The caller must not change ``hit`` or ``mag`` afterwards: once the log keeps no more rows (``capacity``
+        reached, or 0 as in a long-running node), they are only counted, and that is done by :meth:`count_pending`:
+        when the counts are read, when :data:`PENDING_LIMIT` calls are waiting, or when the caller asks (a node,
+        after its outputs are out), so a node's control path does no counting."""
+        if self._rows >= self.capacity:
+            self._pending.append((name, hit, mag, self.agents))
+            if len(self._pending) >= PENDING_LIMIT:
+                self.count_pending()
+            return
+        env_idx, agent_idx, values = self._hits(hit, mag, self.agents)
+        n = len(env_idx)
+        if n == 0:
+            return
+        self._count(name, hit.shape[1], agent_idx, values)
+        keep = min(n, self.capacity - self._rows)
+        rows = np.empty((keep, 5))
+        rows[:, 0] = global_step
+        rows[:, 1] = np.asarray(episode_step)[env_idx[:keep]]
+        rows[:, 2] = env_idx[:keep]
+        rows[:, 3] = agent_idx[:keep]
+        rows[:, 4] = values[:keep]
+        self._chunks.append((kind, name, rows))
+        self._rows += keep
+        self._dropped += n - keep
+
+    @property
+    def dropped(self) -> int:
+        """Hits counted but not kept as rows (beyond ``capacity``)."""
+        self.count_pending()
+        return self._dropped
+
+    def _hits(
+        self, hit: np.ndarray, mag: np.ndarray, agents: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The recorded hits' env and agent indices and magnitudes (float64), each ``[n]``."""
         if self.agent is not None:  # a robot's stream: its own column only
             (env_idx,) = np.nonzero(hit[:, self.agent])
             agent_idx = np.full(len(env_idx), self.agent)
         else:
-            env_idx, agent_idx = np.nonzero(hit if self.agents is None else hit & self.agents)
-        n = len(env_idx)
-        if n == 0:
-            return
-        values = np.asarray(mag, dtype=np.float64)[env_idx, agent_idx]
+            env_idx, agent_idx = np.nonzero(hit if agents is None else hit & agents)
+        return env_idx, agent_idx, np.asarray(mag, dtype=np.float64)[env_idx, agent_idx]
+
+    def _count(self, name: str, num_agents: int, agent_idx: np.ndarray, values: np.ndarray) -> None:
+        """Add hits of ``name`` (``agent_idx [n]``, magnitudes ``values [n]``) to the counts."""
+        n = len(agent_idx)
         total = float(values.sum())
         self._counts[name] = self._counts.get(name, 0) + n
         self._magnitude_sums[name] = self._magnitude_sums.get(name, 0.0) + total
-        num_agents = hit.shape[1]
         if name not in self._agent_counts:
             self._agent_counts[name] = np.zeros(num_agents, dtype=np.int64)
             self._agent_magnitude_sums[name] = np.zeros(num_agents)
@@ -141,20 +182,16 @@ class EventLog:
         else:
             self._agent_counts[name] += np.bincount(agent_idx, minlength=num_agents)
             self._agent_magnitude_sums[name] += np.bincount(agent_idx, weights=values, minlength=num_agents)
-        room = self.capacity - self._rows
-        if room <= 0:
-            self.dropped += n
-            return
-        keep = min(n, room)
-        rows = np.empty((keep, 5))
-        rows[:, 0] = global_step
-        rows[:, 1] = np.asarray(episode_step)[env_idx[:keep]]
-        rows[:, 2] = env_idx[:keep]
-        rows[:, 3] = agent_idx[:keep]
-        rows[:, 4] = values[:keep]
-        self._chunks.append((kind, name, rows))
-        self._rows += keep
-        self.dropped += n - keep
+
+    def count_pending(self) -> None:
+        """Count the hits :meth:`add` left waiting, in the order they came. Reading the counts does it; a node can
+        call it once its outputs are out, so the counting waits for no timer."""
+        pending, self._pending = self._pending, []
+        for name, hit, mag, agents in pending:
+            _, agent_idx, values = self._hits(hit, mag, agents)
+            if len(agent_idx):
+                self._count(name, hit.shape[1], agent_idx, values)
+                self._dropped += len(agent_idx)
 
     def records(self) -> list[dict[str, Any]]:
         """Every kept row as a dict."""
@@ -177,6 +214,7 @@ class EventLog:
     def counts(self, agent: int | None = None) -> dict[str, dict[str, float]]:
         """Per perturbation name: number of hits and mean magnitude (over every hit, kept or not), of all agents
         or of ``agent`` only (names that never hit it are left out)."""
+        self.count_pending()
         if agent is None:
             return {
                 name: {"events": n, "mean_magnitude": self._magnitude_sums[name] / n}
@@ -220,8 +258,19 @@ class Perturbation:
         self.p = spec.params
         self.name = spec.name or f"{index}:{spec.kind}"
         self.where = f"perturbations[{index}] ({spec.kind})"  # how errors name it, as the spec parser does
+        self._full_hit: np.ndarray | None = None  # gate's hit mask on the default schedule, until it changes
         self.enabled = spec.enabled
         self.log: EventLog | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the perturbation acts (the run-time switch)."""
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, on: bool) -> None:
+        self._enabled = bool(on)
+        self._full_hit = None
 
     # ------------------------------------------------------------------ spec-time
     @classmethod
@@ -285,6 +334,7 @@ class Perturbation:
             perm = np.argsort(self.rng.random((k, n)), axis=1)
             self.agent_mask[env_ids] = perm < drawn_count(agents, n)
         self.episode_on[env_ids] = self.rng.random(k) < self.spec.prob
+        self._full_hit = None
         self.reset_state(env_ids)
 
     def reset_state(self, env_ids: np.ndarray) -> None:
@@ -298,9 +348,17 @@ class Perturbation:
 
     # ------------------------------------------------------------------ per step
     def gate(self, episode_step: np.ndarray, global_step: int) -> tuple[np.ndarray, np.ndarray]:
-        """Hit mask ``[E, N]`` and strength ``[E]`` at this step (all False when switched off)."""
-        if self._always_full:  # the common schedule (every step at full strength) without the step arithmetic
-            return self.agent_mask & (self.episode_on & self.enabled)[:, None], self._full_strength
+        """Hit mask ``[E, N]`` and strength ``[E]`` at this step (all False when switched off); callers do not
+        change them.
+
+        On the default schedule (every step at full strength) the mask is the same from step to step: it is
+        computed once after each :meth:`reset` or switch and returned, read-only, as it is (no array operations
+        per step)."""
+        if self._always_full:
+            if self._full_hit is None:
+                self._full_hit = self.agent_mask & (self.episode_on & self.enabled)[:, None]
+                self._full_hit.setflags(write=False)
+            return self._full_hit, self._full_strength
         s = self.spec
         t = episode_step.astype(np.float64) if s.clock == "episode" else np.full(len(episode_step), float(global_step))
         on = self.episode_on & (t >= s.start) & self.enabled

@@ -58,7 +58,7 @@ class ScaleShift(Perturbation):
             steps = np.zeros(self.ctx.num_envs, dtype=np.int64)
             full_hit = np.zeros_like(self.agent_mask)
             full_hit[env_ids] = hit
-            self.log.add(self.kind, self.name, -1, steps, full_hit, self.factor)
+            self.log.add(self.kind, self.name, -1, steps, full_hit, self.factor.copy())
 
     def multiplier(self, episode_step: np.ndarray, global_step: int) -> np.ndarray:
         """Multiplier ``[E, N]`` (or ``[E, N, 4]`` per motor) to apply this step."""

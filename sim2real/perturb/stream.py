@@ -183,6 +183,11 @@ class BurstPerturber:
         for pipeline in [s.pipeline for s in self.streams] or [self.pipeline]:
             pipeline.set_enabled(on, name)
 
+    def count_pending(self) -> None:
+        """Count the hits waiting in the ground truth (:meth:`~sim2real.perturb.base.EventLog.count_pending`)."""
+        for pipeline in [s.pipeline for s in self.streams] or [self.pipeline]:
+            pipeline.log.count_pending()
+
     def counts(self, agent: int) -> dict[str, dict[str, float]]:
         """Robot ``agent``'s hits so far per perturbation name: ``{"events", "mean_magnitude"}``."""
         return self.streams[agent].log.counts() if self.streams else self.pipeline.log.counts(agent)

@@ -37,7 +37,9 @@ Ground truth: every ``events_period_s`` (default 0.1 s) the hits since the last 
 mean_magnitude}``, one record per robot and perturbation that hit (``stream``: ``state`` or ``command``, the hop
 it acts on; ``mean_magnitude`` is the mean over all its hits so far); nothing is sent when nothing hit. One
 message per period, read from the perturbations' counts on a timer, keeps the node and the recorder off the
-control path's CPU. Hits after the last report before shutdown are not sent.
+control path's CPU; the hits themselves are counted after each burst is forwarded, not before
+(:meth:`~sim2real.perturb.stream.BurstPerturber.count_pending`). Hits after the last report before shutdown are
+not sent.
 The service ``~/set_enabled`` (``std_srvs/SetBool``) switches all perturbations on or off at run time.
 """
 
@@ -211,6 +213,7 @@ class PerturbationNode(Node):
         for (robot, _), out in zip(burst, outgoing, strict=True):
             if out is not None:
                 publishers[robot].publish(out)
+        self.perturber.count_pending()  # the ground truth's counting, now that the burst is out
 
     def _perturb_states(self, robots: list[int], data: list[bytes], offsets: list[int]) -> list[bytes | None]:
         """The robots' serialized odometry (``offsets``: where their doubles start), perturbed (None: dropped)."""
