@@ -31,7 +31,7 @@ def pair_diff(values: np.ndarray) -> np.ndarray:
 
 def pair_offsets(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``pos[:, j] - pos[:, i]`` per axis for every ordered pair: three ``[E, n, n - 1]`` arrays (pos ``[E, n, 3]``)."""
-    x, y, z = np.ascontiguousarray(pos.transpose(2, 0, 1))  # not np.moveaxis: its Python is 65 us on a cold call
+    x, y, z = np.ascontiguousarray(pos.transpose(2, 0, 1))  # not np.moveaxis: 60 against 104 us, cold
     return pair_diff(x), pair_diff(y), pair_diff(z)
 
 
