@@ -137,6 +137,18 @@ def test_launcher_names_the_process_that_died_early_and_tears_down(tmp_path: Pat
         os.kill(sleeper, 0)
 
 
+def test_launcher_stops_with_sigint_even_when_its_caller_ignores_sigint(tmp_path: Path) -> None:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a background job (`cmd &` in a script)
+    try:
+        with BenchLauncher(tmp_path, sigint_timeout_s=5.0) as bench:
+            bench.start(ProcessSpec("sleeper", python("print('ready', flush=True); import time; time.sleep(60)")))
+            bench.wait_for_output("sleeper", "ready", timeout_s=20)
+            exits = bench.stop()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert (exits["sleeper"].stopped_by, exits["sleeper"].returncode) == ("SIGINT", -signal.SIGINT)
+
+
 def _gone(pid: int, timeout_s: float = 2.0) -> bool:
     """The process has exited (no longer in /proc, or a zombie nobody reaped yet)."""
     deadline = time.monotonic() + timeout_s

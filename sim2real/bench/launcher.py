@@ -14,8 +14,10 @@ Isolation of a run:
   ``ROS_STATIC_PEERS``, so nothing joins a multicast group or talks to another host.
 - **Processes.** Each process is the leader of its own session and process group (``start_new_session``), so
   a signal reaches it and everything it spawned, and a Ctrl-C in the caller's terminal does not reach it
-  uncontrolled. stdout and stderr go to ``<out_dir>/logs/<name>.log`` (after a header naming argv and domain),
-  with ``PYTHONUNBUFFERED=1`` so a Python process's log is live.
+  uncontrolled. Each starts with SIGINT at its default action even when the caller ignores it (a shell starts a
+  background job, ``cmd &`` in a script, with SIGINT ignored, and a child inherits that). stdout and stderr go to
+  ``<out_dir>/logs/<name>.log`` (after a header naming argv and domain), with ``PYTHONUNBUFFERED=1`` so a Python
+  process's log is live.
 
 Stopping escalates per process group: SIGINT, then SIGTERM, then SIGKILL, each with its own timeout, until the
 group's leader (the process started) has exited; then the rest of its group, if any is left (a child that ignored
@@ -148,6 +150,12 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def _default_sigint() -> None:
+    """Run in each child between fork and exec: SIGINT back to its default action, so that the SIGINT of
+    :meth:`BenchLauncher.stop` reaches a process whose caller ignored it (a background job inherits it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class _Running:
     spec: ProcessSpec
@@ -261,6 +269,7 @@ class BenchLauncher:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_default_sigint,
             )
         self._running[spec.name] = _Running(spec, popen, log_path, output_offset)
 
