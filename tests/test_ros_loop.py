@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +26,12 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
+from rosgraph_msgs.msg import Clock
 from s2r_bench.perturbation_node import ODOMETRY_LAYOUT, PerturbationNode
+from s2r_bench.recorder_node import RecorderNode
 from s2r_bench.sim_bridge_node import SimBridgeNode
 from s2r_ros.qos import COMMAND, SENSOR
-from std_msgs.msg import Float32MultiArray, String
+from std_msgs.msg import Empty, Float32MultiArray, String
 from std_srvs.srv import SetBool
 from typer.testing import CliRunner
 
@@ -57,6 +61,22 @@ def spin_until_subscribed(publishers: list, executors: list, timeout_s: float = 
     while time.monotonic() < deadline and not all(p.get_subscription_count() for p in publishers):
         for executor in executors:
             executor.spin_once(timeout_sec=0.01)
+
+
+def spin_for(executor: rclpy.executors.Executor, seconds: float, wait_s: float = 0.01) -> None:
+    """Spin ``executor`` for ``seconds`` [s], each wait at most ``wait_s`` [s]."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=wait_s)
+
+
+def shut_down(context: Context, executors: list[rclpy.executors.Executor], nodes: list[Node]) -> None:
+    """Shut ``executors`` down, destroy ``nodes``, then shut ``context`` down."""
+    for executor in executors:
+        executor.shutdown()
+    for node in nodes:
+        node.destroy_node()
+    rclpy.try_shutdown(context=context)
 
 
 def test_scenarios_load_and_split_between_the_simulator_and_the_perturbation_node(tmp_path: Path) -> None:
@@ -139,10 +159,7 @@ def test_perturbation_node_noise_and_dropout_statistics_match_the_spec() -> None
             executor.spin_once(timeout_sec=0.05)
             switched[enabled] = np.array([read_odometry(m).pos for m in received])
     finally:
-        executor.shutdown()
-        node.destroy_node()
-        driver.destroy_node()
-        rclpy.try_shutdown(context=context)
+        shut_down(context, [executor], [node, driver])
     assert len(statistics) >= 950  # best effort on loopback: hardly anything is lost
     out = [read_odometry(m) for m in statistics]
     stamps = np.array([s.stamp_ns for s in out])
@@ -215,11 +232,7 @@ def test_perturbation_node_forwards_the_robots_waiting_together_each_on_its_own_
                 expected.append(streams[i].observe(state.row()))
                 got.append(read_odometry(received[robot][-1]).row() if received[robot] else None)
     finally:
-        node_executor.shutdown()
-        driver_executor.shutdown()
-        node.destroy_node()
-        driver.destroy_node()
-        rclpy.try_shutdown(context=context)
+        shut_down(context, [node_executor, driver_executor], [node, driver])
     assert delivered_per_callback == [3] * 10
     for want, have in zip(expected, got, strict=True):
         np.testing.assert_allclose(have[:3], want[:3], atol=1e-6)  # position (float32 perturbation)
@@ -256,12 +269,6 @@ def test_perturbation_node_warms_up_between_bursts_on_a_second_perturber() -> No
     executor = rclpy.executors.SingleThreadedExecutor(context=context)
     executor.add_node(node)
     executor.add_node(driver)
-
-    def spin_for(seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.002)
-
     level = np.array([0.0, 0.0, 0.0, 1.0])
     sent = []
     try:
@@ -274,16 +281,13 @@ def test_perturbation_node_warms_up_between_bursts_on_a_second_perturber() -> No
                 publisher.publish(msg)
             sent.append(states)
             time.sleep(0.01)  # both are waiting in the node's subscriptions: one burst
-            spin_for(0.03)
+            spin_for(executor, 0.03, 0.002)
         fires = node.warmer.fires
-        spin_for(0.3)
+        spin_for(executor, 0.3, 0.002)
         stopped = node.warmer.fires <= fires + 1 and node.warmer.timer.is_canceled()
         counts = [node.perturber.counts(agent)["0:obs.gaussian"]["events"] for agent in range(2)]
     finally:
-        executor.shutdown()
-        node.destroy_node()
-        driver.destroy_node()
-        rclpy.try_shutdown(context=context)
+        shut_down(context, [executor], [node, driver])
     assert fires >= bursts // 2 and stopped  # from the fifth burst on, once the period is known
     assert counts == [bursts, bursts]
     for i, robot in enumerate(robots):
@@ -360,10 +364,7 @@ def test_perturbation_node_replaces_one_robots_commands_and_passes_unreadable_by
         odometry_in.publish(truncated)
         spin_until_quiet()
     finally:
-        executor.shutdown()
-        node.destroy_node()
-        driver.destroy_node()
-        rclpy.try_shutdown(context=context)
+        shut_down(context, [executor], [node, driver])
     for robot in ("cf1", "cf2"):
         stamps = np.array([stamp for _, _, stamp in commands[robot]])  # depth-1 queues keep the newest command
         assert len(stamps) >= 0.95 * sent and np.all(np.diff(stamps) > 0) and stamps[0] >= 1000 and stamps[-1] < 1300
@@ -408,10 +409,7 @@ def test_sim_bridge_rejects_unreadable_commands_and_flies_the_next_good_one(tmp_
             for _ in range(5):
                 executor.spin_once(timeout_sec=0.01)
     finally:
-        executor.shutdown()
-        bridge.destroy_node()
-        driver.destroy_node()
-        rclpy.try_shutdown(context=context)
+        shut_down(context, [executor], [bridge, driver])
     assert bridge.sim.rejected_commands == 2
     box = verify_bundle(bundle)["contract"]["command"]
     expected = (command - box["offset"]) / np.asarray(box["scale"])
@@ -451,13 +449,94 @@ def test_sim_bridge_holds_until_the_recorder_subscribes_to_every_recorded_topic(
         recorder.create_subscription(Odometry, recorded[-1], lambda _: None, SENSOR)
         spin(5.0)
     finally:
-        executor.shutdown()
-        for node in (bridge, driver, recorder):
-            node.destroy_node()
-        rclpy.try_shutdown(context=context)
+        shut_down(context, [executor], [bridge, driver, recorder])
     assert not held and waiting == [f"{topic} (by recorder_subscriptions)" for topic in recorded], waiting
     assert not held_one_short and still_waiting == ["/cf1/odom (by recorder_subscriptions)"], still_waiting
     assert bridge.flying
+
+
+def test_real_time_bridge_publishes_clock_and_goals_before_the_physics_step() -> None:
+    """In real time ``/clock`` (the latest states' simulated time) and the goals go out at the start of a period,
+    before its physics step: nothing holds a core after the states. So, received in the same process, each clock
+    is one period behind the simulation, whose step followed it."""
+    context = Context()
+    rclpy.init(context=context, domain_id=DOMAIN + 3)
+    parameters = [Parameter("bundle", value=str(BUNDLE)), Parameter("hold_until_connected", value=False)]
+    bridge = SimBridgeNode(context=context, parameter_overrides=parameters)
+    driver = Node("driver", context=context)
+    clocks, goals = [], {}  # (clock [s], the bridge's simulated time when it arrived [s]); robot -> [x, y, z]
+    driver.create_subscription(
+        Clock, "/clock", lambda m: clocks.append((m.clock.sec + m.clock.nanosec * 1e-9, bridge.sim.time_s)), SENSOR
+    )
+    for robot in bridge.robots:
+        driver.create_subscription(PoseStamped, f"/{robot}/goal", partial(_store_goal, goals, robot), COMMAND)
+    executor = rclpy.executors.SingleThreadedExecutor(context=context)
+    executor.add_node(bridge)
+    executor.add_node(driver)
+    try:
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and (len(clocks) < 12 or len(goals) < len(bridge.robots)):
+            executor.spin_once(timeout_sec=0.01)
+    finally:
+        shut_down(context, [executor], [bridge, driver])
+    period = 1.0 / bridge.sim.ctrl_freq
+    times, sim_times = np.array(clocks[2:]).T  # the first ones may have waited for discovery
+    steps = np.round(np.diff(times) / period)  # one period each unless a best-effort clock was lost
+    np.testing.assert_allclose(np.diff(times), steps * period, atol=1e-6)
+    assert np.mean(steps == 1) >= 0.9
+    np.testing.assert_allclose(sim_times - times, period, atol=1e-6)
+    np.testing.assert_allclose([goals[robot] for robot in bridge.robots], bridge.sim.targets())
+
+
+def _store_goal(goals: dict[str, list[float]], robot: str, msg: PoseStamped) -> None:
+    goals[robot] = [msg.pose.position.x, msg.pose.position.y, msg.pose.position.z]
+
+
+def test_recorder_takes_on_each_beat_and_on_its_timer_while_the_beat_is_silent(tmp_path: Path) -> None:
+    """With ``beat_topic`` the recorder takes what has arrived when a beat comes, not in between; once the beat
+    has been silent for ``discovery_period_s`` its timer takes."""
+    context = Context()
+    rclpy.init(context=context, domain_id=DOMAIN + 2)
+    parameters = [
+        Parameter("output_dir", value=str(tmp_path / "bag")),
+        Parameter("topic_regex", value="^/(data|beat)$"),
+        Parameter("beat_topic", value="/beat"),
+        Parameter("discovery_period_s", value=1.0),
+    ]
+    driver = Node("driver", context=context)
+    data = driver.create_publisher(String, "/data", COMMAND)
+    beat = driver.create_publisher(Empty, "/beat", SENSOR)
+    recorder = RecorderNode(context=context, parameter_overrides=parameters)
+    executor = rclpy.executors.SingleThreadedExecutor(context=context)
+    executor.add_node(recorder)
+    executor.add_node(driver)
+    try:
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and (recorder._beat is None or len(recorder._recording) < 2):
+            executor.spin_once(timeout_sec=0.01)
+        spin_until_subscribed([data, beat], [executor])
+        beat.publish(Empty())
+        spin_for(executor, 0.1)
+        synced = recorder.message_count
+        for i in range(5):
+            data.publish(String(data=str(i)))
+        spin_for(executor, 0.3)  # no beat: nothing taken (the timer waits for a second of silence)
+        waiting = recorder.message_count
+        beat.publish(Empty())
+        spin_for(executor, 0.1)
+        on_beat = recorder.message_count
+        for i in range(3):
+            data.publish(String(data=str(i)))
+        spin_for(executor, 2.5)  # silent beat: the timer takes
+        on_timer = recorder.message_count
+    finally:
+        handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        shut_down(context, [executor], [recorder, driver])  # the recorder ignores SIGINT and SIGTERM from its close
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+    assert synced >= 1 and waiting == synced
+    assert on_beat == synced + 5 + 1  # the data and the beat itself
+    assert on_timer == on_beat + 3
 
 
 def test_closed_loop_holds_four_drones_clean_and_reports_injected_noise(tmp_path: Path) -> None:

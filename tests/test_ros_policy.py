@@ -24,12 +24,14 @@ from conftest import may_go_realtime
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from nav_msgs.msg import Odometry
+from rclpy.clock import Clock, ClockType
 from rclpy.context import Context
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
 from rclpy.serialization import deserialize_message, serialize_message
 from s2r_ros.executor import SHUTDOWN_GRACE_S, make_executor, spin_until_shutdown
+from s2r_ros.housekeeping import HousekeepingTimers, between_bursts_delay_ns
 from s2r_ros.policy_node import PolicyNode
 from s2r_ros.qos import COMMAND, SENSOR
 from s2r_ros.warmup import BurstPeriod
@@ -660,6 +662,48 @@ def test_burst_period_is_the_median_interval_between_burst_starts() -> None:
             assert period.period_ns is None  # three intervals: not enough yet
     assert period.period_ns == 10 * ms
     assert period.arrived(t + ms)  # exactly 1 ms later: a new burst
+
+
+def test_housekeeping_timers_fire_in_the_middle_of_the_burst_intervals() -> None:
+    """Once the bursts' period is known, a housekeeping timer is re-armed for the middle of the burst interval
+    nearest its own period ahead; a plain period before that, for a period shorter than the bursts', and once the
+    bursts have paused for longer than its period."""
+    bursts, ms = BurstPeriod(), 1_000_000
+    assert between_bursts_delay_ns(bursts, 100 * ms, 0) == 100 * ms  # no burst yet
+    for k in range(6):
+        bursts.arrived(k * 10 * ms + (ms // 5 if k == 3 else 0))  # every 10 ms, one 0.2 ms late
+    assert bursts.period_ns == 10 * ms and bursts.last_ns == 50 * ms
+    now = 51 * ms
+    assert now + between_bursts_delay_ns(bursts, 10 * ms, now) == 65 * ms  # mid-way after the next burst
+    assert now + between_bursts_delay_ns(bursts, 100 * ms, now) == 155 * ms  # ten intervals on
+    assert between_bursts_delay_ns(bursts, 5 * ms, now) == 5 * ms  # faster than the bursts: plain
+    assert between_bursts_delay_ns(bursts, 10 * ms, 71 * ms) == 10 * ms  # paused over a period: plain
+
+
+def test_housekeeping_timer_moves_between_the_bursts_on_the_events_executor() -> None:
+    """On the nodes' executor, a housekeeping timer started together with 20 ms bursts moves to fire half an
+    interval after them: re-arming it from its own callback takes effect."""
+    context = Context()
+    rclpy.init(context=context, domain_id=DOMAIN_BASE + 4)
+    node = rclpy.create_node("housekeeping", context=context)
+    housekeeping = HousekeepingTimers(node)
+    bursts, fired = [], []
+    steady = Clock(clock_type=ClockType.STEADY_TIME)
+    node.create_timer(0.02, lambda: (bursts.append(time.monotonic_ns()), housekeeping.arrived()), clock=steady)
+    housekeeping.create_timer(0.02, lambda: fired.append(time.monotonic_ns()))
+    executor = make_executor(context)
+    executor.add_node(node)
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    late = [t for t in fired if t > fired[0] + 0.7e9]  # after the bursts' period was learnt
+    phase_ms = [(t - max(b for b in bursts if b <= t)) / 1e6 for t in late]
+    assert len(late) >= 20 and np.mean([6 <= p <= 14 for p in phase_ms]) >= 0.8, phase_ms
 
 
 def test_policy_node_warms_up_between_bursts_and_changes_no_command(vel_bundle: Path, harness_factory) -> None:

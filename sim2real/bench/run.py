@@ -175,8 +175,10 @@ def run_bench(
     recorded = ["odom", command] + (["odom_raw"] if hop else []) + ([f"{command}_raw"] if command_hop else [])
     recorded_topics = [f"/{robot}/{topic}" for robot in robots for topic in recorded] + [topics.diagnostics]
     recorded_topics += [topics.perturbation_events] if hop else []  # the bridge flies once all are recorded
+    # in real time the bridge publishes /clock at the start of each period: the recorder takes while the loop idles
+    recorder = {"output_dir": str(out_dir / "bag"), "beat_topic": "" if lockstep else "/clock"}
     processes = [
-        _node("recorder", "s2r_bench.recorder_node", {"output_dir": str(out_dir / "bag")}, out_dir, realtime_priority),
+        _node("recorder", "s2r_bench.recorder_node", recorder, out_dir, realtime_priority),
         _node(
             "sim_bridge",
             "s2r_bench.sim_bridge_node",

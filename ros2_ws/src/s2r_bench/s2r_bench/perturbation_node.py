@@ -61,6 +61,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.subscription import Subscription
 from s2r_ros.bursts import take_waiting
 from s2r_ros.executor import run_node
+from s2r_ros.housekeeping import HousekeepingTimers
 from s2r_ros.parameters import array_parameter
 from s2r_ros.qos import COMMAND, SENSOR
 from s2r_ros.warmup import declare_warmup
@@ -167,7 +168,8 @@ class PerturbationNode(Node):
         events_period_s = self.declare_parameter("events_period_s", 0.1).value
         if events_period_s <= 0:
             raise ValueError(f"parameter 'events_period_s' must be > 0 s, got {events_period_s}")
-        self.create_timer(events_period_s, self._publish_events)
+        self.housekeeping = HousekeepingTimers(self)  # between the odometry bursts
+        self.housekeeping.create_timer(events_period_s, self._publish_events)
         self.create_service(SetBool, "~/set_enabled", self._on_set_enabled)
         explained = "; ".join(self.perturber.pipeline.explain()) or "nothing (pass-through)"
         hops = f"{state_in} -> {state_out}" + (f", {command_in} -> {command_out}" if command_in else "")
@@ -177,6 +179,7 @@ class PerturbationNode(Node):
         """Robot ``agent``'s serialized odometry, with the other robots' that arrived with it (see :meth:`_burst`)."""
         if self.warmer is not None:
             self.warmer.arrived()
+        self.housekeeping.arrived()
         self._burst(self.state_subscriptions, self.state_publishers, agent, data, self.offsets, self._perturb_states)
 
     def _on_command(self, agent: int, data: bytes) -> None:

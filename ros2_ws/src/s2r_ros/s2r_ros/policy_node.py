@@ -51,6 +51,7 @@ from std_msgs.msg import Float32MultiArray
 
 from s2r_ros.bursts import take_waiting
 from s2r_ros.executor import run_node
+from s2r_ros.housekeeping import HousekeepingTimers
 from s2r_ros.parameters import array_parameter
 from s2r_ros.qos import COMMAND, DIAGNOSTICS, SENSOR
 from s2r_ros.warmup import declare_warmup
@@ -153,8 +154,10 @@ class PolicyNode(Node):
                 self.create_subscription(PoseStamped, f"{robot}/{goal_topic}", partial(self._on_goal, agent), COMMAND)
             self.command_publishers.append(self.create_publisher(message_type, f"{robot}/{command_topic}", COMMAND))
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS)
-        self.create_timer(1.0 / self.controller.rate_hz, self._on_watchdog)
-        self.create_timer(self.declare_parameter("diagnostics_period_s", 1.0).value, self._on_diagnostics)
+        self.housekeeping = HousekeepingTimers(self)  # between the odometry bursts
+        self.housekeeping.create_timer(1.0 / self.controller.rate_hz, self._on_watchdog)
+        diagnostics_period_s = self.declare_parameter("diagnostics_period_s", 1.0).value
+        self.housekeeping.create_timer(diagnostics_period_s, self._on_diagnostics)
         self.get_logger().info(
             f"policy {contract['env_id']} (run {manifest['provenance'].get('run_id')}, model version "
             f"{self.policy.model_version}) for {', '.join(self.robots)}: {self.spec.action_type} commands "
@@ -170,6 +173,7 @@ class PolicyNode(Node):
         pass. Unreadable odometry counts as none (the watchdog fails the robot safe when it goes stale)."""
         if self.warmer is not None:
             self.warmer.arrived()
+        self.housekeeping.arrived()
         agents, messages, offsets = [], [], []
         for robot, message in [(agent, data), *take_waiting(self.odometry_subscriptions, agent)]:
             try:
