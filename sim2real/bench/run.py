@@ -4,7 +4,8 @@ A scenario (YAML: ``name``, ``description``, ``perturbations`` (a perturbation s
 ``mode`` (``realtime``/``lockstep``), ``backend``, ``seed``) says what to inject. The run starts, in one
 private ROS domain (:class:`~sim2real.bench.launcher.BenchLauncher`):
 
-- the recorder (every topic to ``OUT/bag``, rosbag2 MCAP);
+- the recorder (every topic to ``OUT/bag``, rosbag2 MCAP; in real time it takes on each ``/clock``, which the
+  bridge publishes at the start of its period, while the control path is idle);
 - the sim bridge (the bundle's env on PyBullet; ``dynamics.*`` kinds of the spec act there; its odometry, before
   any perturbation, is the ground truth of the tracking and separation metrics);
 - the perturbation node, when the spec has message kinds: odometry ``odom_raw -> odom`` and, for
