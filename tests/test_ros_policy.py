@@ -875,6 +875,9 @@ def test_policy_node_refuses_a_bundle_that_differs_from_the_declared_setup(vel_b
         lead = [Parameter("bundle", value=str(vel_bundle)), Parameter("warmup_lead_s", value=-0.001)]
         with pytest.raises(ValueError, match=r"'warmup_lead_s' must be >= 0 s \(0: no warm-up\), got -0.001"):
             PolicyNode(context=context, parameter_overrides=lead)
+        diagnostics = [Parameter("bundle", value=str(vel_bundle)), Parameter("diagnostics_period_s", value=0.0)]
+        with pytest.raises(ValueError, match=r"'diagnostics_period_s' must be > 0 s, got 0.0"):
+            PolicyNode(context=context, parameter_overrides=diagnostics)
     finally:
         rclpy.try_shutdown(context=context)
 

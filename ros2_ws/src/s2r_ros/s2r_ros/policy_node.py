@@ -157,6 +157,8 @@ class PolicyNode(Node):
         self.housekeeping = HousekeepingTimers(self)  # between the odometry bursts
         self.housekeeping.create_timer(1.0 / self.controller.rate_hz, self._on_watchdog)
         diagnostics_period_s = self.declare_parameter("diagnostics_period_s", 1.0).value
+        if diagnostics_period_s <= 0:
+            raise ValueError(f"parameter 'diagnostics_period_s' must be > 0 s, got {diagnostics_period_s}")
         self.housekeeping.create_timer(diagnostics_period_s, self._on_diagnostics)
         self.get_logger().info(
             f"policy {contract['env_id']} (run {manifest['provenance'].get('run_id')}, model version "
