@@ -1,15 +1,16 @@
 """Record the topics of a bench run into a rosbag2 MCAP directory, without rosbag2.
 
 The node polls the graph every ``discovery_period_s`` and, for each wanted topic that has a publisher,
-subscribes with ``raw=True`` (CDR bytes, never deserialised). Every ``take_period_s`` it takes what has arrived
-on each subscription and hands the bytes to the pure-Python ``rosbags`` rosbag2 writer (MCAP storage, Kilted
-typestore). The bag opens with ``rosbags``, ``mcap`` + ``mcap-ros2-support`` and ``ros2 bag``.
+subscribes with ``raw=True`` (CDR bytes, never deserialised). Every ``take_period_s`` (or on each message of
+``beat_topic``, below) it takes what has arrived on each subscription and hands the bytes to the pure-Python
+``rosbags`` rosbag2 writer (MCAP storage, Kilted typestore). The bag opens with ``rosbags``, ``mcap`` +
+``mcap-ros2-support`` and ``ros2 bag``.
 
 - Taking in batches: the subscriptions belong to a second node, ``<name>_subscriptions`` (the sim bridge's
   ``recorder_node`` waits for it), that no executor spins, so no message wakes the recorder; the samples wait
-  in the middleware (KEEP_LAST ``qos_depth`` per topic) until the next take. The recorder wakes
-  ``1 / take_period_s`` times a second instead of once per message (1300 messages/s on the 4-drone bench at
-  100 Hz), which leaves the cores to the control loop it measures.
+  in the middleware (KEEP_LAST ``qos_depth`` per topic) until the next take. The recorder wakes once per take
+  (``1 / take_period_s`` times a second, or once per beat) instead of once per message (1300 messages/s on the
+  4-drone bench at 100 Hz), which leaves the cores to the control loop it measures.
 - Timestamp of each record: the middleware's receive time of the sample (``MessageInfo.received_timestamp``,
   CLOCK_REALTIME, set by Fast DDS when the sample arrives in this process), never sim time, so the recorder's
   own queueing is not part of it; ``time.time_ns()`` at the take where an rmw leaves it at 0. Records go into
